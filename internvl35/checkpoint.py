@@ -1,0 +1,209 @@
+"""Checkpoint I/O: safetensors only (single file or sharded), both key layouts, strict loading, atomic writes.
+
+A checkpoint directory holds `config.json` and `model.safetensors` or `model.safetensors.index.json` +
+shards. Pickle formats (`.bin`, `.pt`, `.pth`, `.ckpt`) are refused: unpickling runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from internvl35.config import InternVLConfig
+from internvl35.config_io import detect_layout
+from internvl35.model.internvl import InternVLModel
+from internvl35.model.keymap import hf_to_original, original_to_hf
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+INDEX_NAME = "model.safetensors.index.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, in a refused format, or does not match the model."""
+
+
+# ---- atomic writes ----------------------------------------------------------------------------------------
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(text)
+
+
+# ---- reading ----------------------------------------------------------------------------------------------
+
+
+def _refuse_pickle(directory: Path) -> None:
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    raise CheckpointError(
+        f"{directory} has no safetensors weights" + (f" (found pickle files: {', '.join(pickles)})" if pickles else "")
+        + ". internvl35 never unpickles weights because that can run arbitrary code. Convert them once, in an "
+        "environment you trust: `model = AutoModel.from_pretrained(dir, trust_remote_code=True); "
+        "model.save_pretrained(out_dir, safe_serialization=True)`, then load out_dir.")
+
+
+def weight_files(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        if directory.suffix in PICKLE_SUFFIXES:
+            _refuse_pickle(directory.parent)
+        raise CheckpointError(f"checkpoint directory {directory} does not exist")
+    index = directory / INDEX_NAME
+    if index.exists():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"{index} is not a valid safetensors index: {e}") from e
+        missing = [s for s in shards if not (directory / s).exists()]
+        if missing:
+            raise CheckpointError(f"{index} names shard(s) that do not exist: {', '.join(missing)}")
+        return [directory / s for s in shards]
+    single = directory / "model.safetensors"
+    if single.exists():
+        return [single]
+    others = sorted(directory.glob("*.safetensors"))
+    if others:
+        return others
+    _refuse_pickle(directory)
+    raise AssertionError("unreachable")
+
+
+def read_safetensors(files: list[Path], dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+    state: dict[str, Tensor] = {}
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for key in f.keys():
+                    t = f.get_tensor(key)
+                    state[key] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{file} is not a readable safetensors file: {e}") from e
+    return state
+
+
+def read_checkpoint(directory: str | Path, dtype: torch.dtype | None = None) -> tuple[InternVLConfig, dict[str, Tensor]]:
+    """config + state dict in the original layout, whatever layout is on disk."""
+    directory = Path(directory)
+    files = weight_files(directory)
+    config = InternVLConfig.load(directory)
+    state = read_safetensors(files, dtype)
+    if detect_layout(json.loads((directory / "config.json").read_text())) == "hf":
+        state = hf_to_original(state)
+    return config, state
+
+
+def check_state(model: torch.nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Strict comparison of names and shapes; drops a redundant tied lm_head. Raises naming every problem."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if "language_model.lm_head.weight" not in expected and "language_model.lm_head.weight" in state:
+        state = {k: v for k, v in state.items() if k != "language_model.lm_head.weight"}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {expected[k]}"
+                       for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
+    if missing or unexpected or misshaped:
+        parts = [f"{label} ({len(keys)}): {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if keys]
+        raise CheckpointError("checkpoint does not match the model config; " + "; ".join(parts))
+    return state
+
+
+def build_model(config: InternVLConfig, state: dict[str, Tensor] | None = None, dtype: torch.dtype = torch.float32,
+                device: str | torch.device = "cpu") -> InternVLModel:
+    """Build on the meta device and load strictly; without a state dict, initialise randomly."""
+    if state is None:
+        with torch.device(device):
+            model = InternVLModel(config).to(dtype)
+        return model.eval()
+    with torch.device("meta"):
+        model = InternVLModel(config)
+    state = check_state(model, state)
+    state = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+def load_model(directory: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+               image_token_id: int | None = None) -> InternVLModel:
+    config, state = read_checkpoint(directory, dtype)
+    if config.image_token_id is None and image_token_id is not None:
+        config = config.replace(image_token_id=image_token_id)
+    return build_model(config, state, dtype, device)
+
+
+# ---- writing ----------------------------------------------------------------------------------------------
+
+
+def _shards(state: dict[str, Tensor], max_shard_bytes: int) -> list[dict[str, Tensor]]:
+    shards: list[dict[str, Tensor]] = [{}]
+    size = 0
+    for name, t in state.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    return shards
+
+
+def save_checkpoint(model: InternVLModel, directory: str | Path, layout: str = "original",
+                    max_shard_bytes: int = 5 * 2**30, dtype: torch.dtype | None = None) -> None:
+    """Write config.json + safetensors (sharded past `max_shard_bytes`); each file replaced atomically,
+    the index and config last, so a reader never sees a half-written checkpoint."""
+    directory = Path(directory)
+    state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
+    if layout == "hf":
+        state = original_to_hf(state)
+    elif layout != "original":
+        raise CheckpointError(f"unknown checkpoint layout {layout!r}; expected 'original' or 'hf'")
+    shards = _shards(state, max_shard_bytes)
+    meta = {"format": "pt"}
+    if len(shards) == 1:
+        with atomic_path(directory / "model.safetensors") as tmp:
+            save_file(shards[0], str(tmp), metadata=meta)
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards, 1):
+            name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            with atomic_path(directory / name) as tmp:
+                save_file(shard, str(tmp), metadata=meta)
+            weight_map.update(dict.fromkeys(shard, name))
+        total = sum(t.numel() * t.element_size() for t in state.values())
+        atomic_write_text(directory / INDEX_NAME, json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    model.config.save(directory, layout)
+
+
+def convert_checkpoint(src: str | Path, dst: str | Path, layout: str, max_shard_bytes: int = 5 * 2**30) -> None:
+    """Rewrite a checkpoint in the other key layout (weights bit-identical, dtype kept)."""
+    config, state = read_checkpoint(src)
+    dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
+    model = build_model(config, state, dtype=dtypes.pop() if len(dtypes) == 1 else torch.float32)
+    save_checkpoint(model, dst, layout, max_shard_bytes)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+                 "added_tokens.json", "generation_config.json"):
+        if (Path(src) / name).exists() and Path(src).resolve() != Path(dst).resolve():
+            with atomic_path(Path(dst) / name) as tmp:
+                tmp.write_bytes((Path(src) / name).read_bytes())

@@ -1,0 +1,152 @@
+"""Qwen3 dense and Qwen3-MoE decoders (the InternVL3.5 language models).
+
+Parameter names follow the checkpoints (`model.layers.{i}.self_attn.q_proj`, `mlp.experts.{e}.gate_proj`,
+`mlp.gate`), prefixed by `language_model.` in the full model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from internvl35.config import TextConfig
+from internvl35.model.attention import AttentionInput
+from internvl35.model.norm import RMSNorm
+
+
+def rope_cos_sin(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos/sin tables (B, 1, T, hd) for the given absolute positions, in fp32."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    freqs = positions.float()[..., None] * inv_freq  # (B, T, hd/2)
+    emb = torch.cat([freqs, freqs], dim=-1)[:, None]
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TextConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.n_heads, self.n_kv, self.hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        D = cfg.hidden_size
+        self.q_proj = nn.Linear(D, self.n_heads * self.hd, bias=False)
+        self.k_proj = nn.Linear(D, self.n_kv * self.hd, bias=False)
+        self.v_proj = nn.Linear(D, self.n_kv * self.hd, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.hd, D, bias=False)
+        self.q_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
+        self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], attn: AttentionInput) -> Tensor:
+        B, T, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(B, T, self.n_heads, self.hd)).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv, self.hd)).transpose(1, 2)  # (B, nkv, T, hs)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if attn.cache is not None:
+            k, v = attn.cache.update(self.layer, k, v)
+        if attn.mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=self.n_kv != self.n_heads)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn.mask, enable_gqa=self.n_kv != self.n_heads)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int, inner: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, inner, bias=False)
+        self.up_proj = nn.Linear(hidden, inner, bias=False)
+        self.down_proj = nn.Linear(inner, hidden, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MoE(nn.Module):
+    """Router Linear(D, E) + E SwiGLU experts; softmax, top-k, optional renormalisation; no shared expert."""
+
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.top_k, self.norm_topk_prob = cfg.num_experts_per_tok, cfg.norm_topk_prob
+        self.gate = nn.Linear(cfg.hidden_size, cfg.num_experts, bias=False)
+        self.experts = nn.ModuleList(MLP(cfg.hidden_size, cfg.moe_intermediate_size) for _ in range(cfg.num_experts))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x (B, T, D) -> (output (B, T, D), router logits (B*T, E))."""
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        logits = self.gate(x)
+        probs = logits.float().softmax(-1)
+        weights, chosen = probs.topk(self.top_k, dim=-1)  # (N, k)
+        if self.norm_topk_prob:
+            weights = weights / weights.sum(-1, keepdim=True)
+        weights = weights.to(x.dtype)
+        out = torch.zeros_like(x)
+        # Loop over experts that received tokens: one gather/scatter each, no per-token Python.
+        for e in chosen.unique().tolist():
+            token, slot = (chosen == e).nonzero(as_tuple=True)
+            out.index_add_(0, token, self.experts[e](x[token]) * weights[token, slot, None])
+        return out.view(shape), logits
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: TextConfig, layer: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, layer)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MoE(cfg) if cfg.layer_is_moe(layer) else MLP(cfg.hidden_size, cfg.intermediate_size)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], attn: AttentionInput) -> tuple[Tensor, Tensor | None]:
+        x = x + self.self_attn(self.input_layernorm(x), rope, attn)
+        h = self.mlp(self.post_attention_layernorm(x))
+        h, router_logits = h if isinstance(h, tuple) else (h, None)
+        return x + h, router_logits
+
+
+class Qwen3Model(nn.Module):
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, embeds: Tensor, attn: AttentionInput) -> tuple[Tensor, list[Tensor]]:
+        """embeds (B, T, D) -> final hidden states (B, T, D) and the MoE router logits of each layer."""
+        rope = rope_cos_sin(attn.positions, self.config.head_dim, self.config.rope_theta)
+        x, router_logits = embeds, []
+        for layer in self.layers:
+            x, logits = layer(x, rope, attn)
+            if logits is not None:
+                router_logits.append(logits)
+        return self.norm(x), router_logits
+
+
+class Qwen3ForCausalLM(nn.Module):
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.model = Qwen3Model(cfg)
+        # Tied models have no lm_head parameter at all: the embedding is the single source of truth.
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, weight)
+
+
+def load_balancing_loss(router_logits: list[Tensor], num_experts: int, top_k: int) -> Tensor:
+    """Switch-style auxiliary loss over all MoE layers: E * sum_e (token fraction_e * mean router prob_e)."""
+    logits = torch.cat(router_logits, dim=0).float()  # (layers * N, E)
+    probs = logits.softmax(-1)
+    chosen = probs.topk(top_k, dim=-1).indices
+    picked = F.one_hot(chosen, num_experts).float()  # (N, k, E)
+    tokens_per_expert = picked.mean(0)  # (k, E)
+    return num_experts * (tokens_per_expert * probs.mean(0)[None]).sum()
