@@ -1,0 +1,61 @@
+"""SFT loss math: per-token weights (square / token / sample averaging) and the weighted cross-entropy.
+
+Square averaging (InternVL): a sample with N supervised tokens gives each of them weight N^-0.5, and the
+loss is sum(w * CE) / sum(w) over the whole global batch. "token" (w = 1) and "sample" (w = 1/N) are the
+two classic alternatives. Targets are already aligned with positions (targets[t] is the token after t),
+so packed samples never predict across their boundary.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE_INDEX = -100
+AVERAGING = ("square", "token", "sample")
+
+
+def token_weight(num_supervised: int, averaging: str = "square") -> float:
+    """Weight of each supervised token of a sample with `num_supervised` such tokens."""
+    if averaging not in AVERAGING:
+        raise ValueError(f"unknown loss averaging {averaging!r}; expected one of {AVERAGING}")
+    if num_supervised <= 0:
+        return 0.0
+    return {"square": num_supervised**-0.5, "token": 1.0, "sample": 1.0 / num_supervised}[averaging]
+
+
+def sample_weights(targets: list[int], averaging: str = "square") -> list[float]:
+    """Per-position weights for one sample's aligned targets (0 where the target is ignored)."""
+    n = sum(t != IGNORE_INDEX for t in targets)
+    w = token_weight(n, averaging)
+    return [w if t != IGNORE_INDEX else 0.0 for t in targets]
+
+
+def global_weight_sum(weights: Tensor) -> Tensor:
+    """sum(w) over the global batch, averaged across data-parallel ranks (so each rank's share is consistent)."""
+    total = weights.sum().float()
+    if dist.is_available() and dist.is_initialized():
+        total = total.clone()
+        dist.all_reduce(total)
+        total = total / dist.get_world_size()
+    return total
+
+
+def weighted_ce(logits: Tensor, targets: Tensor, weights: Tensor, denominator: Tensor | float) -> Tensor:
+    """sum(w * CE(logits, targets)) / denominator. logits (..., V); targets and weights (...)."""
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1).clamp_min(0), reduction="none")
+    w = weights.reshape(-1).float() * (targets.reshape(-1) != IGNORE_INDEX)
+    return (w * ce).sum() / denominator
+
+
+def shift_targets(labels: list[int]) -> list[int]:
+    """labels (one sample, aligned with input ids) -> targets aligned with positions."""
+    return list(labels[1:]) + [IGNORE_INDEX]
+
+
+def targets_tensor(labels: Tensor) -> Tensor:
+    """Batched version of shift_targets for (B, T) labels."""
+    pad = torch.full_like(labels[:, :1], IGNORE_INDEX)
+    return torch.cat([labels[:, 1:], pad], dim=1)

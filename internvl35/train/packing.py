@@ -1,0 +1,86 @@
+"""Sequence packing: several samples per row, attention confined to each sample, positions restarting.
+
+A `TrainExample` is one tokenised sample with its pixel tiles. `pack` groups examples greedily
+(first fit, in order) into rows of at most `max_tokens`; `collate` turns rows into the tensors the
+model takes: ids (B, T), targets, weights, the block-diagonal causal mask and per-sample positions.
+Padding (when rows differ in length) is masked and unsupervised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from internvl35.model.attention import AttentionInput
+from internvl35.train.loss import IGNORE_INDEX, sample_weights, shift_targets
+
+
+@dataclass
+class TrainExample:
+    input_ids: list[int]
+    labels: list[int]
+    pixel_values: Tensor | None = None  # (tiles, 3, H, W)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class Batch:
+    input_ids: Tensor  # (B, T)
+    targets: Tensor  # (B, T), aligned with positions
+    weights: Tensor  # (B, T)
+    attn: AttentionInput
+    pixel_values: Tensor | None  # all tiles, in row-major order of their placeholders
+    num_tokens: int  # real (non-padding) tokens
+
+
+def pack(examples: list[TrainExample], max_tokens: int) -> list[list[TrainExample]]:
+    """First-fit packing in order; an example longer than max_tokens is an error, never truncated silently."""
+    rows: list[list[TrainExample]] = []
+    sizes: list[int] = []
+    for ex in examples:
+        if len(ex) > max_tokens:
+            raise ValueError(f"a training example has {len(ex)} tokens, more than the pack length {max_tokens}")
+        for i, size in enumerate(sizes):
+            if size + len(ex) <= max_tokens:
+                rows[i].append(ex)
+                sizes[i] += len(ex)
+                break
+        else:
+            rows.append([ex])
+            sizes.append(len(ex))
+    return rows
+
+
+def collate(rows: list[list[TrainExample]], averaging: str = "square", pad_id: int = 0) -> Batch:
+    """Rows of examples -> a packed batch (one row per list; a list of one example = plain padding)."""
+    T = max(sum(len(ex) for ex in row) for row in rows)
+    B = len(rows)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    targets = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
+    weights = torch.zeros(B, T)
+    positions = torch.zeros(B, T, dtype=torch.long)
+    segment = torch.full((B, T), -1, dtype=torch.long)
+    pixels = []
+    for b, row in enumerate(rows):
+        start = 0
+        for s, ex in enumerate(row):
+            n = len(ex)
+            tgt = shift_targets(ex.labels)
+            ids[b, start:start + n] = torch.tensor(ex.input_ids)
+            targets[b, start:start + n] = torch.tensor(tgt)
+            weights[b, start:start + n] = torch.tensor(sample_weights(tgt, averaging))
+            positions[b, start:start + n] = torch.arange(n)
+            segment[b, start:start + n] = s
+            if ex.pixel_values is not None:
+                pixels.append(ex.pixel_values)
+            start += n
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    same = (segment[:, :, None] == segment[:, None, :]) & (segment[:, :, None] >= 0)
+    # Padding positions attend to themselves only, so no softmax row is empty.
+    mask = (causal & same) | torch.eye(T, dtype=torch.bool)
+    attn = AttentionInput(positions=positions, mask=mask[:, None])
+    return Batch(ids, targets, weights, attn, torch.cat(pixels) if pixels else None, int((segment >= 0).sum()))

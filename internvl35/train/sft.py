@@ -1,0 +1,192 @@
+"""Supervised fine-tuning (and training from scratch) of InternVL3.5-architecture models.
+
+Variant: next-token prediction on assistant tokens with square averaging (SYSTEM.md section 8), packed
+sequences with attention confined to each sample, AdamW, linear warm-up then cosine decay, gradient
+accumulation over the micro-batches of one global batch (the loss denominator is the global batch's
+weight sum, so accumulation is exact), freezing of ViT / MLP / LLM (the MLP warm-up stage freezes ViT and
+LLM). Checkpoints are atomic and resume exactly: data is a deterministic function of the example index.
+
+Launch: `internvl35 train sft ...` or `internvl35 train recipe tiny` on one process. Several processes
+(torchrun + FSDP2) are on the roadmap; the loss already averages its denominator across ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from internvl35.model.internvl import InternVLModel
+from internvl35.train.loss import global_weight_sum, weighted_ce
+from internvl35.train.packing import Batch, TrainExample, collate, pack
+from internvl35.train.state import latest_checkpoint, load_train_state, save_train_state
+
+ExampleSource = Callable[[int], TrainExample]  # example index -> example, deterministic
+PARTS = {"vit": "vision_model", "mlp": "mlp1", "llm": "language_model"}
+
+
+@dataclass
+class SFTConfig:
+    out_dir: str
+    steps: int
+    examples_per_step: int = 32
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    packing: bool = True
+    pack_tokens: int = 2048  # row length when packing
+    rows_per_micro: int = 4  # rows per forward (padding mode: examples per forward)
+    averaging: str = "square"
+    freeze: tuple[str, ...] = ()
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    start_example: int = 0  # first example index (lets stages continue the data stream)
+    progress: bool = True
+    extra: dict = field(default_factory=dict)  # recorded in metrics, e.g. the recipe name
+
+    def __post_init__(self) -> None:
+        bad = [f for f in self.freeze if f not in PARTS]
+        if bad:
+            raise ValueError(f"cannot freeze {bad}: choose from {sorted(PARTS)}")
+        if self.steps <= 0 or self.examples_per_step <= 0:
+            raise ValueError(f"steps ({self.steps}) and examples_per_step ({self.examples_per_step}) must be positive")
+
+
+def lr_at(step: int, cfg: SFTConfig) -> float:
+    """Linear warm-up to cfg.lr, then cosine decay to cfg.lr * min_lr_ratio at the last step."""
+    warmup = max(1, round(cfg.warmup_ratio * cfg.steps))
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, cfg.steps - warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def set_trainable(model: InternVLModel, freeze: Iterable[str]) -> None:
+    frozen = {PARTS[f] for f in freeze}
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.split(".", 1)[0] not in frozen)
+
+
+def make_optimizer(model: InternVLModel, cfg: SFTConfig) -> torch.optim.AdamW:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("every part is frozen: nothing to train")
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]  # norms, biases, layer scales
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+def micro_batches(examples: list[TrainExample], cfg: SFTConfig, pad_id: int = 0) -> list[Batch]:
+    rows = pack(examples, cfg.pack_tokens) if cfg.packing else [[ex] for ex in examples]
+    return [collate(rows[i:i + cfg.rows_per_micro], cfg.averaging, pad_id) for i in range(0, len(rows), cfg.rows_per_micro)]
+
+
+def train_step(model: InternVLModel, opt: torch.optim.Optimizer, batches: list[Batch], lr: float, grad_clip: float) -> dict:
+    """One optimizer step over all micro-batches of a global batch; returns metrics."""
+    denominator = global_weight_sum(torch.stack([b.weights.sum() for b in batches]))
+    total_tokens = sum(b.num_tokens for b in batches)
+    loss_sum = 0.0
+    for b in batches:
+        out = model(b.input_ids, pixel_values=b.pixel_values, attn=b.attn)
+        loss = weighted_ce(out.logits, b.targets, b.weights, denominator)
+        if out.aux_loss is not None:
+            loss = loss + model.config.text.router_aux_loss_coef * out.aux_loss * b.num_tokens / total_tokens
+        loss.backward()
+        loss_sum += loss.item()
+    params = [p for p in model.parameters() if p.grad is not None]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip) if grad_clip > 0 else torch.tensor(0.0)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return {"loss": loss_sum, "grad_norm": float(grad_norm), "lr": lr, "tokens": total_tokens}
+
+
+class SFTTrainer:
+    def __init__(self, model: InternVLModel, source: ExampleSource, cfg: SFTConfig, pad_id: int = 0) -> None:
+        self.model, self.source, self.cfg, self.pad_id = model, source, cfg, pad_id
+        self.out = Path(cfg.out_dir)
+        set_trainable(model, cfg.freeze)
+        self.opt = make_optimizer(model, cfg)
+        self.step = 0
+
+    def examples(self, step: int) -> list[TrainExample]:
+        start = self.cfg.start_example + step * self.cfg.examples_per_step
+        return [self.source(i) for i in range(start, start + self.cfg.examples_per_step)]
+
+    def resume(self) -> bool:
+        last = latest_checkpoint(self.out / "checkpoints")
+        if last is None:
+            return False
+        progress = load_train_state(last, self.model, self.opt)
+        self.step = progress["step"]
+        metrics = self.out / "metrics.jsonl"
+        if metrics.exists():  # drop lines of steps that will be recomputed
+            lines = [l for l in metrics.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= self.step]
+            metrics.write_text("".join(l + "\n" for l in lines))
+        return True
+
+    def save(self) -> Path:
+        return save_train_state(self.out / "checkpoints", self.model, self.opt,
+                                {"step": self.step, "config": asdict(self.cfg)}, self.cfg.keep_checkpoints)
+
+    def log(self, metrics: dict) -> None:
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+    def run(self, stop_after: int | None = None) -> InternVLModel:
+        """Train to cfg.steps (resuming if a checkpoint exists); `stop_after` simulates an interruption."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.resume()
+        self.model.train()
+        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not self.cfg.progress, desc="sft", unit="step")
+        while self.step < self.cfg.steps:
+            if stop_after is not None and self.step >= stop_after:
+                break
+            t0 = time.perf_counter()
+            batches = micro_batches(self.examples(self.step), self.cfg, self.pad_id)
+            m = train_step(self.model, self.opt, batches, lr_at(self.step, self.cfg), self.cfg.grad_clip)
+            self.step += 1
+            m.update(step=self.step, tokens_per_s=m["tokens"] / (time.perf_counter() - t0), **self.cfg.extra)
+            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                self.log(m)
+            bar.update(1)
+            bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m['tokens_per_s']:.0f}")
+            if self.step % self.cfg.save_every == 0 or self.step == self.cfg.steps:
+                self.save()
+        bar.close()
+        self.model.eval()
+        plot_loss(self.out / "metrics.jsonl", self.out / "loss.png")
+        return self.model
+
+
+def plot_loss(metrics: Path, png: Path) -> None:
+    """Loss curve from metrics.jsonl (skipped quietly if matplotlib is not installed)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    if not metrics.exists():
+        return
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1)
+    ax.set(xlabel="step", ylabel="loss", title="SFT loss", yscale="log")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)

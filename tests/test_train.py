@@ -1,0 +1,140 @@
+"""SFT trainer: loss math vs closed forms, packing equivalence, learning, exact resume, atomic checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from internvl35.checkpoint import build_model
+from internvl35.presets import preset
+from internvl35.train.loss import IGNORE_INDEX, sample_weights, token_weight, weighted_ce
+from internvl35.train.packing import TrainExample, collate, pack
+from internvl35.train.sft import SFTConfig, SFTTrainer, lr_at, micro_batches, train_step
+
+IMG = 500
+
+
+def _config():
+    return preset("tiny-test").replace(image_token_id=IMG)
+
+
+def _example(i: int, with_image: bool | None = None) -> TrainExample:
+    g = torch.Generator().manual_seed(i)
+    n_prompt, n_answer = 4 + i % 5, 2 + i % 4
+    ids = torch.randint(0, 400, (n_prompt + n_answer,), generator=g).tolist()
+    pixels = None
+    if with_image if with_image is not None else i % 2 == 0:
+        ids = ids[:2] + [IMG] * 4 + ids[2:]
+        pixels = torch.randn(1, 3, 56, 56, generator=g)
+    labels = [IGNORE_INDEX] * (len(ids) - n_answer) + ids[-n_answer:]
+    return TrainExample(ids, labels, pixels)
+
+
+def test_square_weights_closed_form():
+    assert token_weight(4, "square") == 0.5 and token_weight(4, "token") == 1.0 and token_weight(4, "sample") == 0.25
+    w = sample_weights([IGNORE_INDEX, 5, 6, 7, 8, IGNORE_INDEX], "square")
+    assert w == [0.0, 0.5, 0.5, 0.5, 0.5, 0.0]
+    with pytest.raises(ValueError, match="unknown loss averaging"):
+        token_weight(3, "median")
+
+
+def test_weighted_loss_equals_closed_form():
+    torch.manual_seed(0)
+    lengths = [1, 4, 9]  # supervised tokens per sample
+    logits = [torch.randn(n, 11) for n in lengths]
+    targets = [torch.randint(0, 11, (n,)) for n in lengths]
+    ce = [torch.nn.functional.cross_entropy(l, t, reduction="none") for l, t in zip(logits, targets)]
+    expected = sum(c.sum() / math.sqrt(len(c)) for c in ce) / sum(math.sqrt(n) for n in lengths)
+    w = torch.cat([torch.full((n,), n**-0.5) for n in lengths])
+    got = weighted_ce(torch.cat(logits), torch.cat(targets), w, w.sum())
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_packed_loss_equals_unpacked_loss():
+    torch.manual_seed(0)
+    model = build_model(_config())
+    examples = [_example(i) for i in range(6)]
+    packed = micro_batches(examples, SFTConfig(out_dir="-", steps=1, packing=True, pack_tokens=64, rows_per_micro=8))
+    padded = micro_batches(examples, SFTConfig(out_dir="-", steps=1, packing=False, rows_per_micro=8))
+    assert packed[0].input_ids.shape[0] < padded[0].input_ids.shape[0]  # really packed
+    losses = []
+    for batches in (packed, padded):
+        denom = sum(b.weights.sum() for b in batches)
+        with torch.no_grad():
+            losses.append(sum(weighted_ce(model(b.input_ids, pixel_values=b.pixel_values, attn=b.attn).logits,
+                                          b.targets, b.weights, denom) for b in batches))
+    assert abs(losses[0].item() - losses[1].item()) < 1e-5
+
+
+def test_pack_refuses_overlong_example():
+    with pytest.raises(ValueError, match="more than the pack length"):
+        pack([_example(0)], max_tokens=5)
+
+
+def test_loss_decreases_on_fixed_batch():
+    torch.manual_seed(0)
+    model = build_model(_config()).train()
+    cfg = SFTConfig(out_dir="-", steps=30, lr=3e-3, warmup_ratio=0.0, pack_tokens=64)
+    trainer = SFTTrainer(model, lambda i: _example(i % 8), cfg)
+    batches = micro_batches([_example(i) for i in range(8)], cfg)
+    first = train_step(model, trainer.opt, batches, 3e-3, 1.0)["loss"]
+    for _ in range(25):
+        last = train_step(model, trainer.opt, batches, 3e-3, 1.0)["loss"]
+    assert last < 0.5 * first
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = SFTConfig(out_dir="-", steps=100, lr=1.0, warmup_ratio=0.1, min_lr_ratio=0.0)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(55, cfg) == pytest.approx(0.5, abs=0.02) and lr_at(99, cfg) < 0.01
+
+
+def _train(out, stop_after=None, freeze=()):
+    torch.manual_seed(0)
+    model = build_model(_config())
+    cfg = SFTConfig(out_dir=str(out), steps=6, examples_per_step=4, save_every=2, pack_tokens=64, progress=False,
+                    freeze=freeze)
+    SFTTrainer(model, _example, cfg).run(stop_after=stop_after)
+    return model
+
+
+def test_resume_gives_identical_weights(tmp_path):
+    straight = _train(tmp_path / "a")
+    _train(tmp_path / "b", stop_after=3)  # "crashes" after step 3; last checkpoint is step 2
+    torch.manual_seed(123)  # a fresh process would not share the RNG state
+    resumed = _train(tmp_path / "b")
+    for (name, p), (_, q) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(p, q), name
+    steps = [int(l.split('"step": ')[1].split(",")[0]) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert (tmp_path / "b" / "loss.png").exists()
+
+
+def test_freezing_keeps_parts_fixed(tmp_path):
+    torch.manual_seed(0)
+    before = build_model(_config()).state_dict()
+    after = _train(tmp_path, freeze=("vit", "llm")).state_dict()  # the MLP warm-up stage
+    for name in before:
+        same = torch.equal(before[name], after[name])
+        assert same != name.startswith("mlp1"), name
+
+
+def test_interrupted_checkpoint_write_leaves_previous_intact(tmp_path, monkeypatch):
+    import internvl35.train.state as state
+
+    _train(tmp_path, stop_after=2)
+    good = sorted((tmp_path / "checkpoints").glob("step-*"))
+    assert [p.name for p in good] == ["step-000002"]
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(state, "save_file", boom)
+    with pytest.raises(OSError):
+        _train(tmp_path)
+    assert [p.name for p in sorted((tmp_path / "checkpoints").glob("step-*"))] == ["step-000002"]
+    monkeypatch.undo()
+    _train(tmp_path)  # resumes from step 2 and finishes
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))[-1] == "step-000006"
