@@ -161,8 +161,8 @@ def from_dict(raw: dict[str, Any]) -> InternVLConfig:
     layout = detect_layout(raw)
     try:
         if layout == "original":
-            vision = vision_from_original(raw["vision_config"], raw.get("force_image_size"))
             text = text_from_dict(raw["llm_config"])
+            vision = vision_from_original(raw["vision_config"], raw.get("force_image_size"))
             image_token_id = raw.get("image_token_id")
         else:
             vision = vision_from_hf(raw["vision_config"])
