@@ -20,7 +20,7 @@ from torch import Tensor
 
 from internvl35.config import InternVLConfig
 from internvl35.config_io import detect_layout
-from internvl35.model.internvl import InternVLModel
+from internvl35.model.internvl import InternVLModel, init_weights
 from internvl35.model.keymap import hf_to_original, original_to_hf
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -135,8 +135,9 @@ def build_model(config: InternVLConfig, state: dict[str, Tensor] | None = None, 
     """Build on the meta device and load strictly; without a state dict, initialise randomly."""
     if state is None:
         with torch.device(device):
-            model = InternVLModel(config).to(dtype)
-        return model.eval()
+            model = InternVLModel(config)
+        init_weights(model)
+        return model.to(dtype).eval()
     with torch.device("meta"):
         model = InternVLModel(config)
     state = check_state(model, state)

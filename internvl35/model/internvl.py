@@ -132,6 +132,23 @@ class InternVLModel(nn.Module):
         return out
 
 
+@torch.no_grad()
+def init_weights(model: InternVLModel, std: float = 0.02) -> None:
+    """Initialisation for training from scratch: N(0, std) matrices and embeddings, zero biases, unit norms,
+    layer scales at the config's init value. (PyTorch's defaults give an N(0, 1) embedding, which a tied
+    lm_head turns into logits with a std of ~sqrt(D).)"""
+    for name, p in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in ("ls1", "ls2"):
+            p.fill_(model.config.vision.initializer_factor)
+        elif leaf == "bias":
+            p.zero_()
+        elif p.dim() == 1:  # norm weights
+            p.fill_(1.0)
+        else:
+            p.normal_(0.0, std)
+
+
 def next_token_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Mean cross-entropy of predicting labels[t + 1] from position t, ignoring IGNORE_INDEX."""
     shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
