@@ -1,0 +1,282 @@
+"""`internvl35` command line: each subcommand is a typed function; argparse only maps flags onto it.
+
+    internvl35 chat --image photo.png "What is in the picture?"      # one-shot (bundled model by default)
+    internvl35 chat                                                  # interactive REPL
+    internvl35 generate in.jsonl out.jsonl --model DIR
+    internvl35 convert SRC DST --layout hf
+    internvl35 info [--model DIR | --preset InternVL3.5-8B]
+    internvl35 train recipe tiny --out runs/tiny
+    internvl35 eval --model DIR --n 100 --out docs/results
+
+User errors print one line (`error: ...`) and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from internvl35.engine.sampling import SamplingParams
+
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, PermissionError, IsADirectoryError)
+
+
+def _params(args: argparse.Namespace, thinking: bool = False) -> SamplingParams:
+    temperature = args.temperature if args.temperature is not None else (0.6 if thinking else 0.0)
+    return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=temperature, top_k=args.top_k,
+                          top_p=args.top_p, stop=tuple(args.stop or ()), seed=args.seed)
+
+
+def _load(model: str | None, device: str, dtype: str):
+    from internvl35.api import InternVL
+
+    return InternVL.from_pretrained(model, device=device, dtype=dtype)
+
+
+# ---- subcommands -----------------------------------------------------------------------------------------
+
+
+def chat(question: str | None, images: Sequence[str], video: str | None, thinking: bool, params: SamplingParams,
+         model: str | None = None, device: str = "cpu", dtype: str = "auto", num_frames: int = 8) -> None:
+    """One-shot answer (streamed) when a question is given, else an interactive REPL with history."""
+    vl = _load(model, device, dtype)
+    kw = {"video": video, "num_frames": num_frames} if video else {}
+    if question is not None:
+        for piece in vl.stream_chat(question, images, params=params, thinking=thinking, **kw):
+            print(piece, end="", flush=True)
+        print()
+        return
+    _repl(vl, images, thinking, params)
+
+
+def _repl(vl, images: Sequence[str], thinking: bool, params: SamplingParams) -> None:
+    print("internvl35 chat: type a question; /image PATH adds an image, /reset clears, /quit exits.")
+    history: list[tuple[str, str]] = []
+    pending = list(images)
+    shown: list[str] = []
+    while True:
+        try:
+            line = input(">>> ").strip()
+        except EOFError:
+            print()
+            return
+        if line in ("/quit", "/exit"):
+            return
+        if line == "/reset":
+            history, pending, shown = [], [], []
+            continue
+        if line.startswith("/image "):
+            pending.append(line.split(" ", 1)[1].strip())
+            continue
+        if not line:
+            continue
+        try:
+            if pending and history:
+                raise ValueError("images can only be added before the first question; /reset to start over")
+            if pending:  # images belong to the first turn, as in InternVL's multi-turn chat
+                shown, pending = pending, []
+            answer = "".join(_echo(vl.stream_chat(line, shown, params=params, thinking=thinking, history=history)))
+            print()
+            history.append((line if history else _with_placeholders(line, len(shown)), answer))
+        except USER_ERRORS as e:
+            print(f"error: {e}")
+
+
+def _with_placeholders(question: str, n: int) -> str:
+    from internvl35.data.chat import add_image_placeholders
+
+    return add_image_placeholders(question, num_images=n)
+
+
+def _echo(pieces):
+    for piece in pieces:
+        print(piece, end="", flush=True)
+        yield piece
+
+
+def generate(inp: str, out: str, params: SamplingParams, model: str | None = None, device: str = "cpu",
+             dtype: str = "auto") -> None:
+    """JSONL in ({"question", "images"?, "thinking"?} or {"input_ids"}) -> JSONL out, one line per input."""
+    vl = _load(model, device, dtype)
+    rows = _read_jsonl(inp)
+    from internvl35.engine.engine import Request
+
+    requests = []
+    for i, row in enumerate(rows):
+        if "input_ids" in row:
+            requests.append(Request([int(t) for t in row["input_ids"]], params))
+        elif "question" in row:
+            inputs = vl.prepare(row["question"], row.get("images", []), thinking=bool(row.get("thinking", False)))
+            requests.append(Request(inputs.input_ids, params, pixel_values=inputs.pixel_values))
+        else:
+            raise ValueError(f"{inp}: line {i + 1} has neither 'question' nor 'input_ids'")
+    outputs = vl.engine.generate(requests, progress=True)
+    from internvl35.checkpoint import atomic_write_text
+
+    lines = [json.dumps({**row, "output": vl._text(o), "output_ids": o.token_ids, "finish_reason": o.finish_reason})
+             for row, o in zip(rows, outputs)]
+    atomic_write_text(out, "".join(line + "\n" for line in lines))
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    rows = []
+    for i, line in enumerate(Path(path).read_text().splitlines()):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {i + 1} is not valid JSON ({e.msg})") from e
+    return rows
+
+
+def convert(src: str, dst: str, layout: str, max_shard_gb: float = 5.0) -> None:
+    """Rewrite a checkpoint in the other key layout ('original' or 'hf')."""
+    from internvl35.checkpoint import convert_checkpoint
+
+    convert_checkpoint(src, dst, layout, int(max_shard_gb * 2**30))
+    print(f"wrote {layout} layout to {dst}")
+
+
+def info(model: str | None = None, preset_name: str | None = None) -> None:
+    """Config summary, parameter counts per part and tokens per tile."""
+    import torch
+
+    from internvl35.config import InternVLConfig
+    from internvl35.model.internvl import InternVLModel
+    from internvl35.presets import preset
+
+    if preset_name:
+        config = preset(preset_name)
+    else:
+        from internvl35.api import BUNDLED
+
+        config = InternVLConfig.load(model or BUNDLED)
+    with torch.device("meta"):
+        m = InternVLModel(config)
+    count = lambda mod: sum(p.numel() for p in mod.parameters())  # noqa: E731
+    v, t = config.vision, config.text
+    print(f"vision   InternViT {v.num_hidden_layers} layers x {v.hidden_size}, {v.norm_type}, qk_norm={v.qk_normalization}, "
+          f"tile {v.image_size}px / patch {v.patch_size}: {count(m.vision_model) / 1e6:,.1f}M params")
+    print(f"mlp1     pixel shuffle {config.downsample_ratio} -> {count(m.mlp1) / 1e6:,.1f}M params")
+    kind = f"MoE {t.num_experts} experts top-{t.num_experts_per_tok}" if t.is_moe else "dense"
+    print(f"llm      Qwen3 {kind}, {t.num_hidden_layers} layers x {t.hidden_size}, vocab {t.vocab_size}: "
+          f"{count(m.language_model) / 1e6:,.1f}M params")
+    print(f"total    {count(m) / 1e6:,.1f}M params; {config.tokens_per_tile} tokens per tile; "
+          f"up to {config.max_dynamic_patch} tiles (+ thumbnail) per image")
+
+
+def train_recipe(name: str, out: str, steps: int | None = None, export: str | None = None) -> None:
+    """Train a named model from scratch (resumes if `out` holds a checkpoint)."""
+    from internvl35.train.recipe import RECIPES, run_recipe
+
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+    final = run_recipe(RECIPES[name], out, steps=steps, export=export)
+    print(f"model written to {final}")
+
+
+def evaluate(model: str | None, n: int, families: Sequence[str] | None, thinking: bool, out: str | None,
+             device: str = "cpu", dtype: str = "auto") -> None:
+    """Per-family accuracy on held-out task samples; prints markdown, writes .md and .json when --out is given."""
+    from internvl35.eval.harness import evaluate as run
+
+    vl = _load(model, device, dtype)
+    report = run(vl, families, n, thinking=thinking, model_name=model or "internvl35-tiny (bundled)", progress=True)
+    print(report.to_markdown())
+    if out:
+        from internvl35.checkpoint import atomic_write_text
+
+        atomic_write_text(f"{out}.md", report.to_markdown())
+        atomic_write_text(f"{out}.json", report.to_json())
+
+
+# ---- argument parsing ------------------------------------------------------------------------------------
+
+
+def _sampling_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--temperature", type=float, default=None, help="0 = greedy (default; 0.6 with --thinking)")
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--seed", type=int, default=None)
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="checkpoint directory or tiny preset (default: bundled internvl35-tiny)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, else fp32), float32, bfloat16, float16")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="internvl35", description="InternVL3.5: chat, generate, convert, train, eval")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("chat", help="ask about images (one-shot) or start a REPL")
+    p.add_argument("question", nargs="?")
+    p.add_argument("--image", action="append", default=[], help="image path (repeatable)")
+    p.add_argument("--video", default=None, help="animated GIF/WebP or a directory of frames")
+    p.add_argument("--num-frames", type=int, default=8)
+    p.add_argument("--thinking", action="store_true", help="thinking mode (reasoning in <think>...</think>)")
+    _model_flags(p)
+    _sampling_flags(p)
+    p.set_defaults(run=lambda a: chat(a.question, a.image, a.video, a.thinking, _params(a, a.thinking), a.model,
+                                      a.device, a.dtype, a.num_frames))
+
+    p = sub.add_parser("generate", help="JSONL in -> JSONL out")
+    p.add_argument("input")
+    p.add_argument("output")
+    _model_flags(p)
+    _sampling_flags(p)
+    p.set_defaults(run=lambda a: generate(a.input, a.output, _params(a), a.model, a.device, a.dtype))
+
+    p = sub.add_parser("convert", help="convert a checkpoint between the original and HF layouts")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--layout", choices=["original", "hf"], required=True)
+    p.add_argument("--max-shard-gb", type=float, default=5.0)
+    p.set_defaults(run=lambda a: convert(a.src, a.dst, a.layout, a.max_shard_gb))
+
+    p = sub.add_parser("info", help="config, parameter counts, tokens per tile")
+    p.add_argument("--model", default=None)
+    p.add_argument("--preset", default=None)
+    p.set_defaults(run=lambda a: info(a.model, a.preset))
+
+    p = sub.add_parser("train", help="training")
+    tsub = p.add_subparsers(dest="train_command", required=True)
+    r = tsub.add_parser("recipe", help="train a named model from scratch, e.g. tiny")
+    r.add_argument("name")
+    r.add_argument("--out", default="runs/tiny")
+    r.add_argument("--steps", type=int, default=None)
+    r.add_argument("--export", default=None, help="where to write the final model (default OUT/final)")
+    r.set_defaults(run=lambda a: train_recipe(a.name, a.out, a.steps, a.export))
+
+    p = sub.add_parser("eval", help="held-out accuracy per task family")
+    _model_flags(p)
+    p.add_argument("--n", type=int, default=100, help="test samples per family")
+    p.add_argument("--family", action="append", default=None)
+    p.add_argument("--thinking", action="store_true")
+    p.add_argument("--out", default=None, help="write OUT.md and OUT.json")
+    p.set_defaults(run=lambda a: evaluate(a.model, a.n, a.family, a.thinking, a.out, a.device, a.dtype))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
