@@ -138,3 +138,19 @@ def test_interrupted_checkpoint_write_leaves_previous_intact(tmp_path, monkeypat
     monkeypatch.undo()
     _train(tmp_path)  # resumes from step 2 and finishes
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))[-1] == "step-000006"
+
+
+def test_segment_attention_equals_block_mask():
+    from internvl35.model.attention import packed_input
+
+    torch.manual_seed(0)
+    model = build_model(_config())
+    lengths = [5, 9, 3]
+    ids = torch.randint(0, 400, (1, sum(lengths)))
+    masked = packed_input(lengths)
+    segmented = type(masked)(positions=masked.positions, segments=[lengths])
+    with torch.no_grad():
+        a = model(ids, attn=masked).logits
+        b = model(ids, attn=segmented).logits
+        alone = torch.cat([model(x).logits for x in ids.split(lengths, dim=1)], dim=1)
+    assert torch.allclose(a, b, atol=1e-5) and torch.allclose(b, alone, atol=1e-5)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -26,11 +27,15 @@ class AttentionInput:
     positions: (B, T) absolute positions for RoPE.
     mask: bool (B, 1, T, S), True = may attend; None = plain causal attention over T (no cache, no padding).
     cache: the KV cache to read and write, or None.
+    segments: packed rows without a mask: the sample lengths of each row, laid end to end from position 0
+        (any rest of the row is padding). Attention runs causally inside each sample, which costs
+        sum(L_i^2) instead of T^2 and never materialises a (T, T) mask.
     """
 
     positions: Tensor
     mask: Tensor | None = None
     cache: KVCache | None = None
+    segments: list[list[int]] | None = None
 
 
 def causal_input(batch: int, length: int, device: torch.device | str = "cpu") -> AttentionInput:
@@ -61,3 +66,20 @@ def padded_input(lengths: Tensor, length: int) -> AttentionInput:
     mask = mask | torch.eye(length, dtype=torch.bool, device=device)[None]
     positions = idx.expand(len(lengths), length)
     return AttentionInput(positions=positions, mask=mask[:, None])
+
+
+def segment_attention(q: Tensor, k: Tensor, v: Tensor, segments: list[list[int]], gqa: bool) -> Tensor:
+    """Causal attention inside each packed sample: q (B, nh, T, hs), k/v (B, nkv, T, hs) -> (B, nh, T, hs)."""
+    T = q.shape[2]
+    rows = []
+    for b, lengths in enumerate(segments):
+        parts, start = [], 0
+        for n in lengths:
+            s = slice(start, start + n)
+            parts.append(F.scaled_dot_product_attention(q[b:b + 1, :, s], k[b:b + 1, :, s], v[b:b + 1, :, s],
+                                                        is_causal=True, enable_gqa=gqa))
+            start += n
+        if start < T:  # padding: its output is never used, zeros keep it finite
+            parts.append(q.new_zeros(1, q.shape[1], T - start, q.shape[3]))
+        rows.append(torch.cat(parts, dim=2))
+    return torch.cat(rows, dim=0)

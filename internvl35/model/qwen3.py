@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from internvl35.config import TextConfig
-from internvl35.model.attention import AttentionInput
+from internvl35.model.attention import AttentionInput, segment_attention
 from internvl35.model.norm import RMSNorm
 
 
@@ -50,10 +50,13 @@ class Attention(nn.Module):
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if attn.cache is not None:
             k, v = attn.cache.update(self.layer, k, v)
-        if attn.mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=self.n_kv != self.n_heads)
+        gqa = self.n_kv != self.n_heads
+        if attn.segments is not None:
+            out = segment_attention(q, k, v, attn.segments, gqa)
+        elif attn.mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn.mask, enable_gqa=self.n_kv != self.n_heads)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn.mask, enable_gqa=gqa)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
 
 

@@ -2,8 +2,8 @@
 
 A `TrainExample` is one tokenised sample with its pixel tiles. `pack` groups examples greedily
 (first fit, in order) into rows of at most `max_tokens`; `collate` turns rows into the tensors the
-model takes: ids (B, T), targets, weights, the block-diagonal causal mask and per-sample positions.
-Padding (when rows differ in length) is masked and unsupervised.
+model takes: ids (B, T), targets, weights, per-sample positions and the sample lengths of each row
+(attention stays inside each sample). Padding (when rows differ in length) is unsupervised.
 """
 
 from __future__ import annotations
@@ -63,24 +63,19 @@ def collate(rows: list[list[TrainExample]], averaging: str = "square", pad_id: i
     targets = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
     weights = torch.zeros(B, T)
     positions = torch.zeros(B, T, dtype=torch.long)
-    segment = torch.full((B, T), -1, dtype=torch.long)
     pixels = []
     for b, row in enumerate(rows):
         start = 0
-        for s, ex in enumerate(row):
+        for ex in row:
             n = len(ex)
             tgt = shift_targets(ex.labels)
             ids[b, start:start + n] = torch.tensor(ex.input_ids)
             targets[b, start:start + n] = torch.tensor(tgt)
             weights[b, start:start + n] = torch.tensor(sample_weights(tgt, averaging))
             positions[b, start:start + n] = torch.arange(n)
-            segment[b, start:start + n] = s
             if ex.pixel_values is not None:
                 pixels.append(ex.pixel_values)
             start += n
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
-    same = (segment[:, :, None] == segment[:, None, :]) & (segment[:, :, None] >= 0)
-    # Padding positions attend to themselves only, so no softmax row is empty.
-    mask = (causal & same) | torch.eye(T, dtype=torch.bool)
-    attn = AttentionInput(positions=positions, mask=mask[:, None])
-    return Batch(ids, targets, weights, attn, torch.cat(pixels) if pixels else None, int((segment >= 0).sum()))
+    attn = AttentionInput(positions=positions, segments=[[len(ex) for ex in row] for row in rows])
+    num_tokens = sum(len(ex) for row in rows for ex in row)
+    return Batch(ids, targets, weights, attn, torch.cat(pixels) if pixels else None, num_tokens)
