@@ -35,6 +35,7 @@ class Recipe:
     vocab_size: int = 1024
     max_dynamic_patch: int = 6
     tokenizer_samples: int = 400  # per family
+    export_dtype: torch.dtype = torch.bfloat16  # halves the shipped file; loading upcasts on CPU
 
 
 TINY = Recipe(
@@ -81,10 +82,10 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, steps: int | None = None,
                     **{**recipe.sft, **({"steps": steps} if steps else {})})
     SFTTrainer(model, TaskSource(tokenizer, config, recipe.mix, seed), sft, pad_id=tokenizer.pad_id).run()
     final = Path(export) if export else out / "final"
-    save_checkpoint(model, final)
+    save_checkpoint(model, final, dtype=recipe.export_dtype)
     tokenizer.save(final)
     atomic_write_text(final / "recipe.json", json.dumps({"recipe": recipe.name, "sft": asdict(sft),
-                                                         "mix": asdict(recipe.mix)}, indent=1))
+                                                         "mix": asdict(recipe.mix), "seed": seed}, indent=1))
     for png in ("loss.png",):
         if (out / png).exists():
             shutil.copy(out / png, final / png)
