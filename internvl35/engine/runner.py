@@ -1,0 +1,93 @@
+"""Builds batched model inputs, runs the model and samples. Never touches a queue: it is handed sequences.
+
+Prefill packs the admitted prompts into one row (T = sum of prompt lengths) with a block-causal mask,
+writes every token's keys/values into its slot, and computes logits only at each prompt's last token.
+Decode runs every running sequence as one row of a (n, 1) batch over the dense cache prefix.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from internvl35.engine.kv_cache import SlotKVCache
+from internvl35.engine.sampling import sample
+from internvl35.engine.sequence import Sequence
+from internvl35.model.attention import AttentionInput, packed_input
+from internvl35.model.internvl import ImageFeatures, InternVLModel
+
+
+class ModelRunner:
+    def __init__(self, model: InternVLModel, max_slots: int, max_seq_len: int, device: torch.device) -> None:
+        self.model, self.device = model, device
+        t = model.config.text
+        dtype = model.language_model.model.embed_tokens.weight.dtype
+        self.cache = SlotKVCache(t.num_hidden_layers, max_slots, t.num_key_value_heads, max_seq_len, t.head_dim,
+                                 dtype, device)
+        self.arange = torch.arange(max_seq_len, device=device)
+
+    def _tensor(self, values: list[int]) -> Tensor:
+        return torch.tensor(values, dtype=torch.long, device=self.device)
+
+    # ---- prefill ---------------------------------------------------------------------------------------
+
+    def encode_images(self, seqs: list[Sequence]) -> None:
+        """Turn pixel tiles into ImageFeatures, once per request: all admitted requests' tiles in one ViT call."""
+        todo = [s for s in seqs if s.pixel_values is not None and s.image_features is None]
+        if not todo:
+            return
+        tiles = [s.pixel_values.shape[0] for s in todo]
+        feats = self.model.encode_images(torch.cat([s.pixel_values for s in todo]).to(self.device))
+        t = feats.tokens_per_tile[0] if feats.tokens_per_tile else 0
+        for seq, n, embeds in zip(todo, tiles, feats.embeds.split([n * t for n in tiles])):
+            seq.image_features, seq.pixel_values = ImageFeatures(embeds, (t,) * n), None
+
+    @torch.inference_mode()
+    def prefill(self, seqs: list[Sequence]) -> Tensor:
+        """Run the prompts of newly admitted sequences; return logits at each last prompt token (n, V)."""
+        self.encode_images(seqs)
+        lens = [s.num_prompt_tokens for s in seqs]
+        ids = self._tensor([t for s in seqs for t in s.prompt_ids])[None]  # (1, T)
+        if len(seqs) == 1:
+            attn = AttentionInput(positions=self.arange[: lens[0]][None])  # plain causal: the fast kernel
+        else:
+            attn = packed_input(lens, self.device)
+        slots = self._tensor([s.slot for s, n in zip(seqs, lens) for _ in range(n)])
+        attn.cache = self.cache.prefill(slots, attn.positions[0])
+        parts = [s.image_features for s in seqs if s.image_features is not None]
+        images = None
+        if parts:
+            images = ImageFeatures.concat(parts)
+            images = ImageFeatures(images.embeds.to(self.device), images.tokens_per_tile)
+        ends = torch.tensor(lens, device=self.device).cumsum(0) - 1
+        out = self.model(ids, image_features=images, attn=attn, logits_at=ends[None])
+        return out.logits[0]
+
+    # ---- decode ----------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def decode(self, seqs: list[Sequence]) -> Tensor:
+        """One token for every running sequence (seqs[i] in slot i); return next-token logits (n, V)."""
+        ids = self._tensor([s.last_token for s in seqs])[:, None]  # (n, 1)
+        pos_list = [s.num_tokens - 1 for s in seqs]
+        pos = self._tensor(pos_list)
+        L = max(pos_list) + 1
+        # Rows of equal length need no mask: every cached position is theirs.
+        mask = None if min(pos_list) == L - 1 else (self.arange[:L][None] <= pos[:, None])[:, None, None]
+        attn = AttentionInput(positions=pos[:, None], mask=mask, cache=self.cache.decode(pos, L))
+        return self.model(ids, attn=attn).logits[:, -1]
+
+    # ---- sampling and cache moves ----------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def sample(self, seqs: list[Sequence], logits: Tensor) -> list[int]:
+        # <IMG_CONTEXT> is a placeholder only the prompt builder may place: a generated one would be fed
+        # back without features and desynchronise the image-token count, so it is never sampled.
+        image_id = self.model.config.image_token_id
+        if image_id is not None:
+            logits[:, image_id] = float("-inf")
+        return sample(logits, [s.params for s in seqs], [s.generator for s in seqs])
+
+    def move(self, moves: list[tuple[int, int, int]]) -> None:
+        for src, dst, length in moves:
+            self.cache.move(src, dst, length)
