@@ -153,8 +153,10 @@ def run(args: argparse.Namespace) -> None:
     p5, x5 = prompt(40, 5, seed=5), pixels(5, seed=5)
     ours_tok, theirs_tok = b.ours_one(p1, x1, 16), b.theirs_one(p1, x1, 16)
     same = next((i for i, (a, c) in enumerate(zip(ours_tok, theirs_tok)) if a != c), len(ours_tok))
-    print(f"sanity: greedy tokens agree for {same}/{len(ours_tok)} tokens (1-tile prompt)"
-          + ("" if same == len(ours_tok) else "  <-- MISMATCH"))
+    note = "" if same == len(ours_tok) else "  <-- MISMATCH"
+    if note and dtype != torch.float32:
+        note = "  (random-weight logits have top-2 gaps below low-precision rounding: divergence expected)"
+    print(f"sanity: greedy tokens agree for {same}/{len(ours_tok)} tokens (1-tile prompt){note}")
 
     rows, first = [], {}
     for label, ids, px in (("TTFT 1 tile (ms)", p1, x1), ("TTFT 5 tiles (ms)", p5, x5)):
@@ -182,7 +184,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     run(parser.parse_args())
 
 
