@@ -15,18 +15,22 @@ from internvl35.model.attention import AttentionInput, segment_attention
 from internvl35.model.norm import RMSNorm
 
 
-def rope_cos_sin(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
-    """cos/sin tables (B, 1, T, hd) for the given absolute positions, in fp32."""
+def rope_cos_sin(positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos and signed sin tables (B, 1, T, hd), computed in fp32 and cast once to the model dtype.
+
+    The sign of the first half is folded into sin, so that rotate_half(x) * sin == roll(x) * signed_sin.
+    """
+    half = head_dim // 2
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
     freqs = positions.float()[..., None] * inv_freq  # (B, T, hd/2)
     emb = torch.cat([freqs, freqs], dim=-1)[:, None]
-    return emb.cos(), emb.sin()
+    sign = torch.cat([-torch.ones(half, device=positions.device), torch.ones(half, device=positions.device)])
+    return emb.cos().to(dtype), (emb.sin() * sign).to(dtype)
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+def apply_rope(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
+    """x * cos + rotate_half(x) * sin, with rotate_half(x) = cat(-x2, x1) = roll(x, hd/2) * sign."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 class Attention(nn.Module):
@@ -123,7 +127,7 @@ class Qwen3Model(nn.Module):
 
     def forward(self, embeds: Tensor, attn: AttentionInput) -> tuple[Tensor, list[Tensor]]:
         """embeds (B, T, D) -> final hidden states (B, T, D) and the MoE router logits of each layer."""
-        rope = rope_cos_sin(attn.positions, self.config.head_dim, self.config.rope_theta)
+        rope = rope_cos_sin(attn.positions, self.config.head_dim, self.config.rope_theta, embeds.dtype)
         x, router_logits = embeds, []
         for layer in self.layers:
             x, logits = layer(x, rope, attn)
