@@ -6,6 +6,7 @@
     internvl35 convert SRC DST --layout hf
     internvl35 info [--model DIR | --preset InternVL3.5-8B]
     internvl35 train recipe tiny --out runs/tiny
+    internvl35 train sft --data my.jsonl --out runs/mine [--freeze vit --freeze llm]
     internvl35 eval --model DIR --n 100 --out docs/results
 
 User errors print one line (`error: ...`) and exit with status 2; no traceback.
@@ -178,6 +179,30 @@ def train_recipe(name: str, out: str, steps: int | None = None, export: str | No
     print(f"model written to {final}")
 
 
+def train_sft(model: str | None, out: str, data: str | None, families: Sequence[str] | None, steps: int,
+              freeze: Sequence[str], export: str | None, **sft: object) -> None:
+    """Fine-tune a model on a JSONL file of your own ({question, answer, images?}) or on task families.
+
+    `--freeze vit --freeze llm --lr 1e-3` is the MLP warm-up stage; resumes if OUT holds a checkpoint.
+    """
+    from dataclasses import asdict
+
+    from internvl35.api import InternVL
+    from internvl35.train.data import JsonlSource, TaskMix, TaskSource
+    from internvl35.train.recipe import export_model
+    from internvl35.train.sft import SFTConfig, SFTTrainer
+
+    vl = InternVL.from_pretrained(model, dtype="float32")
+    source = (JsonlSource(data, vl.tokenizer, vl.config) if data
+              else TaskSource(vl.tokenizer, vl.config, TaskMix(**({"families": tuple(families)} if families else {}))))
+    cfg = SFTConfig(out_dir=out, steps=steps, freeze=tuple(freeze), **sft)
+    SFTTrainer(vl.model, source, cfg, pad_id=vl.tokenizer.pad_id).run()
+    final = Path(export) if export else Path(out) / "final"
+    export_model(vl.model, vl.tokenizer, final, Path(out), None,
+                 {"base": model or "internvl35-tiny", "data": data or "task mix", "sft": asdict(cfg)})
+    print(f"model written to {final}")
+
+
 def evaluate(model: str | None, n: int, families: Sequence[str] | None, thinking: bool, out: str | None,
              device: str = "cpu", dtype: str = "auto") -> None:
     """Per-family accuracy on held-out task samples; prints markdown, writes .md and .json when --out is given."""
@@ -254,6 +279,27 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--steps", type=int, default=None)
     r.add_argument("--export", default=None, help="where to write the final model (default OUT/final)")
     r.set_defaults(run=lambda a: train_recipe(a.name, a.out, a.steps, a.export))
+
+    r = tsub.add_parser("sft", help="fine-tune on a JSONL file or on the task families")
+    r.add_argument("--model", default=None, help="checkpoint directory or tiny preset (default: bundled internvl35-tiny)")
+    r.add_argument("--data", default=None, help='JSONL of {"question", "answer", "images"?: [...], "thinking"?}')
+    r.add_argument("--family", action="append", default=None, help="task family (repeatable) when no --data")
+    r.add_argument("--out", default="runs/sft")
+    r.add_argument("--export", default=None)
+    r.add_argument("--steps", type=int, default=100)
+    r.add_argument("--examples-per-step", type=int, default=16)
+    r.add_argument("--lr", type=float, default=1e-4)
+    r.add_argument("--warmup-ratio", type=float, default=0.03)
+    r.add_argument("--weight-decay", type=float, default=0.05)
+    r.add_argument("--averaging", choices=["square", "token", "sample"], default="square")
+    r.add_argument("--freeze", action="append", default=[], choices=["vit", "mlp", "llm"])
+    r.add_argument("--no-packing", action="store_true")
+    r.add_argument("--pack-tokens", type=int, default=2048)
+    r.add_argument("--save-every", type=int, default=50)
+    r.set_defaults(run=lambda a: train_sft(
+        a.model, a.out, a.data, a.family, a.steps, a.freeze, a.export, examples_per_step=a.examples_per_step,
+        lr=a.lr, warmup_ratio=a.warmup_ratio, weight_decay=a.weight_decay, averaging=a.averaging,
+        packing=not a.no_packing, pack_tokens=a.pack_tokens, save_every=a.save_every))
 
     p = sub.add_parser("eval", help="held-out accuracy per task family")
     _model_flags(p)

@@ -130,3 +130,21 @@ def test_eval_baseline_is_the_best_constant_answer():
     samples = [s for s in make_split("embodied", "test", 40) if s.kind == "move"]
     scores = baseline_scores(samples)
     assert 0 < sum(scores) < len(samples)
+
+
+def test_cli_train_sft_on_jsonl_with_mlp_warmup_freezing(model_dir, tmp_path):
+    from internvl35.checkpoint import load_model
+
+    img = _png(tmp_path / "a.png")
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Colour {i}?", "answer": "red", "images": ["a.png"]}) + "\n"
+                            for i in range(3)))
+    args = ["train", "sft", "--model", str(model_dir), "--data", str(data), "--out", str(tmp_path / "run"),
+            "--steps", "2", "--examples-per-step", "2", "--lr", "1e-2", "--freeze", "vit", "--freeze", "llm"]
+    assert main(args) == 0
+    before, after = load_model(model_dir).state_dict(), load_model(tmp_path / "run" / "final").state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("mlp1.") for k in changed)
+    assert (tmp_path / "run" / "metrics.jsonl").exists() and (tmp_path / "run" / "loss.png").exists()
+    data.write_text('{"question": "no answer"}\n')
+    assert main(args[:-4] + ["--out", str(tmp_path / "run2")]) == 2

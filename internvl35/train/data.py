@@ -7,12 +7,15 @@ rebuilt exactly on resume, on any machine.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from internvl35.config import InternVLConfig
+from internvl35.data.image import load_image
 from internvl35.data.inputs import build_inputs
 from internvl35.data.tiling import jpeg_augment
 from internvl35.data.tokenizer import ChatTokenizer
@@ -59,6 +62,38 @@ class TaskSource:
             images = [jpeg_augment(im, rng) for im in images]
         inputs = build_inputs(self.tokenizer, self.config, sample.question, images, thinking=thinking,
                               answer=render_target(sample, thinking))
+        return TrainExample(inputs.input_ids, inputs.labels, inputs.pixel_values)
+
+
+class JsonlSource:
+    """Your own data: one JSON object per line, `{"question", "answer", "images"?: [paths], "thinking"?: bool}`.
+
+    Example i is line i mod N (so several epochs are just more steps), fully determined by i.
+    Images are loaded (and checked) when the example is built.
+    """
+
+    def __init__(self, path: str | Path, tokenizer: ChatTokenizer, config: InternVLConfig) -> None:
+        self.tokenizer, self.config, self.path = tokenizer, config, Path(path)
+        self.rows = []
+        for n, line in enumerate(self.path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {n} is not valid JSON ({e.msg})") from e
+            if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):
+                raise ValueError(f"{path}: line {n} needs string fields 'question' and 'answer'")
+            self.rows.append(row)
+        if not self.rows:
+            raise ValueError(f"{path} holds no training examples")
+
+    def __call__(self, index: int) -> TrainExample:
+        row = self.rows[index % len(self.rows)]
+        base = self.path.parent
+        images = [load_image(p if Path(p).is_absolute() else base / p) for p in row.get("images", [])]
+        inputs = build_inputs(self.tokenizer, self.config, row["question"], images,
+                              thinking=bool(row.get("thinking", False)), answer=row["answer"])
         return TrainExample(inputs.input_ids, inputs.labels, inputs.pixel_values)
 
 

@@ -21,6 +21,7 @@ from internvl35.checkpoint import atomic_write_text, build_model, save_checkpoin
 from internvl35.config import InternVLConfig, TextConfig, VisionConfig
 from internvl35.data.chat import DEFAULT_SYSTEM_PROMPT, THINKING_SYSTEM_PROMPT
 from internvl35.data.tokenizer import ChatTokenizer, train_tokenizer
+from internvl35.model.internvl import InternVLModel
 from internvl35.train.data import TaskMix, TaskSource, corpus
 from internvl35.train.sft import SFTConfig, SFTTrainer
 
@@ -82,11 +83,16 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, steps: int | None = None,
                     **{**recipe.sft, **({"steps": steps} if steps else {})})
     SFTTrainer(model, TaskSource(tokenizer, config, recipe.mix, seed), sft, pad_id=tokenizer.pad_id).run()
     final = Path(export) if export else out / "final"
-    save_checkpoint(model, final, dtype=recipe.export_dtype)
-    tokenizer.save(final)
-    atomic_write_text(final / "recipe.json", json.dumps({"recipe": recipe.name, "sft": asdict(sft),
-                                                         "mix": asdict(recipe.mix), "seed": seed}, indent=1))
-    for png in ("loss.png",):
-        if (out / png).exists():
-            shutil.copy(out / png, final / png)
+    export_model(model, tokenizer, final, out, recipe.export_dtype,
+                 {"recipe": recipe.name, "sft": asdict(sft), "mix": asdict(recipe.mix), "seed": seed})
     return final
+
+
+def export_model(model: InternVLModel, tokenizer: ChatTokenizer, final: Path, run_dir: Path,
+                 dtype: torch.dtype | None, meta: dict) -> None:
+    """A self-contained model directory: weights, config, tokenizer, how it was trained, its loss curve."""
+    save_checkpoint(model, final, dtype=dtype)
+    tokenizer.save(final)
+    atomic_write_text(final / "training.json", json.dumps(meta, indent=1, default=str))
+    if (run_dir / "loss.png").exists():
+        shutil.copy(run_dir / "loss.png", final / "loss.png")
