@@ -149,6 +149,9 @@ class SFTTrainer:
     def run(self, stop_after: int | None = None) -> InternVLModel:
         """Train to cfg.steps (resuming if a checkpoint exists); `stop_after` simulates an interruption."""
         self.out.mkdir(parents=True, exist_ok=True)
+        # Tiny values (e.g. Adam's second moments) can drift into the denormal range, where CPU
+        # arithmetic is far slower; flush them to zero (numerically negligible).
+        torch.set_flush_denormal(True)
         self.resume()
         self.model.train()
         bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not self.cfg.progress, desc="sft", unit="step")
