@@ -35,8 +35,8 @@ def test_special_tokens_are_single_ids_in_order():
 def test_think_tokens_are_added_but_not_special():
     tk = tiny_tokenizer()
     ids = tk.encode_trusted("<think>a</think>b<|im_end|><ref>c</ref>")
-    # Qwen3: decode keeps <think> (not special) and drops the special ones.
-    assert tk.decode(ids) == "<think>a</think>bc"
+    # decode keeps <think> (not special in Qwen3) and the answer markup, and drops structural tokens.
+    assert tk.decode(ids) == "<think>a</think>b<ref>c</ref>"
     assert tk.decode(ids, skip_special_tokens=False) == "<think>a</think>b<|im_end|><ref>c</ref>"
 
 
@@ -206,3 +206,12 @@ def test_matches_transformers_fast_tokenizer(tmp_path):
     hf = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
     for s in SAMPLES + HOSTILE:
         assert hf(s, add_special_tokens=False).input_ids == tk.encode_trusted(s)
+
+
+def test_decode_keeps_answer_markup_but_drops_structural_tokens():
+    from internvl35.data.tokenizer import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    ids = tok.encode_trusted("<|im_start|>assistant\n<ref>the button</ref><box>[[1, 2, 3, 4]]</box><|im_end|>")
+    assert tok.decode(ids) == "assistant\n<ref>the button</ref><box>[[1, 2, 3, 4]]</box>"
+    assert tok.decode(ids, skip_special_tokens=False).startswith("<|im_start|>")

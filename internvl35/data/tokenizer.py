@@ -138,6 +138,7 @@ class ChatTokenizer:
         self._plain = _without_added_tokens(tokenizer)
         self._added = {t.content: i for i, t in tokenizer.get_added_tokens_decoder().items()}
         self._added_ids = frozenset(self._added.values())
+        self._hidden_ids = self._added_ids - {self._added[t] for t in MARKUP_TOKENS if t in self._added}
         self._ids = {t: self._added[t] for t in SPECIAL_TOKENS}
 
     @classmethod
@@ -235,8 +236,12 @@ class ChatTokenizer:
         return ids
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
-        """Ids to text. Special tokens are dropped by default; `<think>` (non-special in Qwen3) stays."""
-        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        """Ids to text. By default added tokens are dropped except the answer markup (`<ref>`, `<box>`,
+        `<quad>`, `<think>` and their closings): a grounding answer keeps its `<ref>...</ref><box>...</box>`."""
+        ids = list(ids)
+        if skip_special_tokens:
+            ids = [i for i in ids if i not in self._hidden_ids]
+        return self._tok.decode(ids, skip_special_tokens=False)
 
     def stream_decoder(self, skip_special_tokens: bool = True) -> StreamDecoder:
         return StreamDecoder(self, skip_special_tokens)
