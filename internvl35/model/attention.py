@@ -55,19 +55,6 @@ def packed_input(sample_lengths: list[int], device: torch.device | str = "cpu") 
     return AttentionInput(positions=positions[None], mask=(causal & same)[None, None])
 
 
-def padded_input(lengths: Tensor, length: int) -> AttentionInput:
-    """Right-padded batch (B, T): each row attends causally to its own first `lengths[b]` tokens."""
-    device = lengths.device
-    idx = torch.arange(length, device=device)
-    valid = idx[None, :] < lengths[:, None]  # (B, S)
-    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
-    mask = causal[None] & valid[:, None, :]
-    # Padding rows attend to themselves only, so softmax never sees an all-masked row.
-    mask = mask | torch.eye(length, dtype=torch.bool, device=device)[None]
-    positions = idx.expand(len(lengths), length)
-    return AttentionInput(positions=positions, mask=mask[:, None])
-
-
 def segment_attention(q: Tensor, k: Tensor, v: Tensor, segments: list[list[int]], gqa: bool) -> Tensor:
     """Causal attention inside each packed sample: q (B, nh, T, hs), k/v (B, nkv, T, hs) -> (B, nh, T, hs)."""
     T = q.shape[2]

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from internvl35.config import InternVLConfig
+from internvl35.data.chat import IGNORE_INDEX
 from internvl35.model.attention import AttentionInput, causal_input
 from internvl35.model.projector import make_projector, pixel_shuffle
 from internvl35.model.qwen3 import Qwen3ForCausalLM, load_balancing_loss
 from internvl35.model.vision import InternViT
 
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)

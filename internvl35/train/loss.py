@@ -13,7 +13,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-IGNORE_INDEX = -100
+from internvl35.data.chat import IGNORE_INDEX
+
 AVERAGING = ("square", "token", "sample")
 
 
@@ -53,9 +54,3 @@ def weighted_ce(logits: Tensor, targets: Tensor, weights: Tensor, denominator: T
 def shift_targets(labels: list[int]) -> list[int]:
     """labels (one sample, aligned with input ids) -> targets aligned with positions."""
     return list(labels[1:]) + [IGNORE_INDEX]
-
-
-def targets_tensor(labels: Tensor) -> Tensor:
-    """Batched version of shift_targets for (B, T) labels."""
-    pad = torch.full_like(labels[:, :1], IGNORE_INDEX)
-    return torch.cat([labels[:, 1:], pad], dim=1)
