@@ -135,3 +135,14 @@ def test_transformers_loads_our_hf_output(tmp_path):
     pixels = torch.randn(1, 3, 56, 56)
     with torch.no_grad():
         assert torch.equal(again(input_ids=ids, pixel_values=pixels).logits, ref(input_ids=ids, pixel_values=pixels).logits)
+
+
+def test_position_interpolation_matches_transformers_at_other_tile_size(tmp_path):
+    ref = write_hf_model(tmp_path)
+    ours = load_model(tmp_path)
+    pixels = torch.randn(2, 3, 112, 112)  # an 8x8 patch grid on a model trained at 4x4
+    with torch.no_grad():
+        expected = ref.model.vision_tower(pixel_values=pixels).last_hidden_state[:, 1:]
+        got = ours.vision_model(pixels)
+    assert got.shape == expected.shape == (2, 64, 32)
+    assert (got - expected).abs().max().item() <= TOL
