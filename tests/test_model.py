@@ -78,3 +78,13 @@ def test_meta_build_of_largest_preset_allocates_nothing():
     with torch.device("meta"):
         model = InternVLModel(preset("InternVL3.5-241B-A28B"))
     assert all(p.is_meta for p in model.parameters())
+
+
+def test_image_features_split_inverts_concat():
+    feats = ImageFeatures(torch.arange(14.0)[:, None], (4, 1, 4, 4, 1))
+    parts = feats.split([2, 3])
+    assert [p.tokens_per_tile for p in parts] == [(4, 1), (4, 4, 1)]
+    again = ImageFeatures.concat(parts)
+    assert torch.equal(again.embeds, feats.embeds) and again.tokens_per_tile == feats.tokens_per_tile
+    with pytest.raises(ValueError, match="cannot split 5 tiles"):
+        feats.split([2, 2])

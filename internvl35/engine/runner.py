@@ -36,11 +36,9 @@ class ModelRunner:
         todo = [s for s in seqs if s.pixel_values is not None and s.image_features is None]
         if not todo:
             return
-        tiles = [s.pixel_values.shape[0] for s in todo]
         feats = self.model.encode_images(torch.cat([s.pixel_values for s in todo]).to(self.device))
-        t = feats.tokens_per_tile[0] if feats.tokens_per_tile else 0
-        for seq, n, embeds in zip(todo, tiles, feats.embeds.split([n * t for n in tiles])):
-            seq.image_features, seq.pixel_values = ImageFeatures(embeds, (t,) * n), None
+        for seq, part in zip(todo, feats.split([s.pixel_values.shape[0] for s in todo])):
+            seq.image_features, seq.pixel_values = part, None
 
     @torch.inference_mode()
     def prefill(self, seqs: list[Sequence]) -> Tensor:

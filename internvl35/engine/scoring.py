@@ -63,10 +63,7 @@ def _features(model: InternVLModel, images: list[Image]) -> ImageFeatures | None
     pixels = [x for x in images if isinstance(x, Tensor)]
     encoded = iter([])
     if pixels:
-        feats = model.encode_images(torch.cat(pixels).to(device))
-        t = feats.tokens_per_tile[0]
-        encoded = iter(ImageFeatures(e, (t,) * p.shape[0])
-                       for p, e in zip(pixels, feats.embeds.split([p.shape[0] * t for p in pixels])))
+        encoded = iter(model.encode_images(torch.cat(pixels).to(device)).split([p.shape[0] for p in pixels]))
     parts = [next(encoded) if isinstance(x, Tensor) else x for x in images if x is not None]
     if not parts:
         return None

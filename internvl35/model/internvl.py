@@ -47,6 +47,17 @@ class ImageFeatures:
     def concat(parts: list[ImageFeatures]) -> ImageFeatures:
         return ImageFeatures(torch.cat([p.embeds for p in parts]), tuple(t for p in parts for t in p.tokens_per_tile))
 
+    def split(self, tiles: list[int]) -> list[ImageFeatures]:
+        """Inverse of concat: consecutive groups of `tiles[i]` tiles (e.g. one group per request)."""
+        if sum(tiles) != len(self.tokens_per_tile):
+            raise ValueError(f"cannot split {len(self.tokens_per_tile)} tiles into groups of {tiles}")
+        out, tile, row = [], 0, 0
+        for n in tiles:
+            counts = self.tokens_per_tile[tile:tile + n]
+            out.append(ImageFeatures(self.embeds[row:row + sum(counts)], counts))
+            tile, row = tile + n, row + sum(counts)
+        return out
+
 
 @dataclass
 class ModelOutput:
