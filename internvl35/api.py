@@ -23,7 +23,7 @@ from internvl35.data.image import load_image
 from internvl35.data.inputs import ModelInputs, build_inputs
 from internvl35.data.tokenizer import ChatTokenizer, tiny_tokenizer
 from internvl35.data.video import load_video_frames
-from internvl35.engine.engine import Engine, Request
+from internvl35.engine.engine import Engine, Request, RequestOutput
 from internvl35.engine.sampling import SamplingParams
 from internvl35.engine.scoring import score
 from internvl35.model.internvl import InternVLModel
@@ -107,27 +107,24 @@ class InternVL:
             raise ValueError(f"{len(questions)} questions but {len(images)} image lists")
         params = params or SamplingParams()
         requests = [self._request(self.prepare(q, ims, **kw), params) for q, ims in zip(questions, images)]
-        return [self._text(out) for out in self.engine.generate(requests, progress=progress)]
+        return [self.output_text(out) for out in self.engine.generate(requests, progress=progress)]
 
     def stream_chat(self, question: str, images: Sequence[ImageLike] = (), *, params: SamplingParams | None = None,
                     **kw) -> Iterator[str]:
         """Yield text pieces as they are generated; they join to exactly what `chat` returns."""
         request = self._request(self.prepare(question, images, **kw), params or SamplingParams())
         decoder = self.tokenizer.stream_decoder()
-        sent = 0
-        text = ""
-        for ids in self.engine.stream(request):
-            text += decoder.feed(ids)
-            visible = _before_stop(text, request.params.stop)
-            if len(visible) > sent:
-                yield visible[sent:]
-                sent = len(visible)
-        text += decoder.flush()
-        visible = _before_stop(text, request.params.stop)
-        if len(visible) > sent:
-            yield visible[sent:]
+        sent = ""
+        # The engine never emits a token that could belong to a stop string, so the pieces need no
+        # stop handling here; only a stop string starting inside a token leaves a tail for the end.
+        for out in self.engine.stream_outputs(request):
+            piece = self.output_text(out)[len(sent):] if out.finished else decoder.feed(out.new_token_ids)
+            if piece:
+                sent += piece
+                yield piece
 
-    def _text(self, out) -> str:
+    def output_text(self, out: RequestOutput) -> str:
+        """The answer text of a finished request (exactly cut before a stop string, if one matched)."""
         return out.text if out.text is not None else self.tokenizer.decode(out.token_ids)
 
     # ---- token level -------------------------------------------------------------------------------------
@@ -144,16 +141,6 @@ class InternVL:
         """Per-token log p(response_t | prompt, response_<t) of each response, in one batched forward."""
         sequences = [(list(p.input_ids) + list(r), len(p.input_ids)) for p, r in zip(prompts, responses)]
         return score(self.model, sequences, [p.pixel_values for p in prompts])
-
-
-def _before_stop(text: str, stops: Sequence[str]) -> str:
-    """Text up to (not including) the earliest stop string; while a stop string may still be forming at
-    the end, hold back its possible prefix so streamed pieces never need to be taken back."""
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-    if cut >= 0:
-        return text[:cut]
-    hold = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-    return text[: len(text) - hold]
 
 
 __all__ = ["InternVL", "SamplingParams"]

@@ -117,7 +117,7 @@ def generate(inp: str, out: str, params: SamplingParams, model: str | None = Non
     outputs = vl.engine.generate(requests, progress=True)
     from internvl35.checkpoint import atomic_write_text
 
-    lines = [json.dumps({**row, "output": vl._text(o), "output_ids": o.token_ids, "finish_reason": o.finish_reason})
+    lines = [json.dumps({**row, "output": vl.output_text(o), "output_ids": o.token_ids, "finish_reason": o.finish_reason})
              for row, o in zip(rows, outputs)]
     atomic_write_text(out, "".join(line + "\n" for line in lines))
 

@@ -148,3 +148,13 @@ def test_cli_train_sft_on_jsonl_with_mlp_warmup_freezing(model_dir, tmp_path):
     assert (tmp_path / "run" / "metrics.jsonl").exists() and (tmp_path / "run" / "loss.png").exists()
     data.write_text('{"question": "no answer"}\n')
     assert main(args[:-4] + ["--out", str(tmp_path / "run2")]) == 2
+
+
+def test_stream_equals_chat_when_a_stop_string_cuts_inside_a_token(vl):
+    free = vl.chat("Hello there", params=SamplingParams(max_new_tokens=16))
+    assert len(free) > 6
+    for stop in (free[3:6], free[4:5]):  # whatever the token boundaries, some cut falls inside a token
+        params = SamplingParams(max_new_tokens=16, stop=(stop,))
+        cut = vl.chat("Hello there", params=params)
+        assert cut == free[: free.find(stop)]
+        assert "".join(vl.stream_chat("Hello there", params=params)) == cut

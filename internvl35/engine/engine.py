@@ -175,6 +175,13 @@ class Engine:
 
     def stream(self, request: Request) -> Iterator[list[int]]:
         """Yield the request's new token ids as they come; closing the iterator early aborts the request."""
+        for out in self.stream_outputs(request):
+            if out.new_token_ids:
+                yield out.new_token_ids
+
+    def stream_outputs(self, request: Request) -> Iterator[RequestOutput]:
+        """Yield the request's outputs step by step, the last one finished (with `text` when a stop string
+        cut it); closing the iterator early aborts the request."""
         rid = self.add_request(request)
         finished = False
         try:
@@ -182,8 +189,7 @@ class Engine:
                 for out in self.step():
                     if out.request_id == rid:
                         finished = out.finished
-                        if out.new_token_ids:
-                            yield out.new_token_ids
+                        yield out
         finally:
             if not finished:
                 self.abort(rid)
