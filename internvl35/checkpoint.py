@@ -7,10 +7,6 @@ shards. Pickle formats (`.bin`, `.pt`, `.pth`, `.ckpt`) are refused: unpickling 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -18,6 +14,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from internvl35.atomic import atomic_path, atomic_write_text
 from internvl35.config import InternVLConfig
 from internvl35.config_io import detect_layout
 from internvl35.model.internvl import InternVLModel, init_weights
@@ -29,31 +26,6 @@ INDEX_NAME = "model.safetensors.index.json"
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, in a refused format, or does not match the model."""
-
-
-# ---- atomic writes ----------------------------------------------------------------------------------------
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    with atomic_path(Path(path)) as tmp:
-        tmp.write_text(text)
 
 
 # ---- reading ----------------------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def generate(inp: str, out: str, params: SamplingParams, model: str | None = Non
         else:
             raise ValueError(f"{inp}: line {i + 1} has neither 'question' nor 'input_ids'")
     outputs = vl.engine.generate(requests, progress=True)
-    from internvl35.checkpoint import atomic_write_text
+    from internvl35.atomic import atomic_write_text
 
     lines = [json.dumps({**row, "output": vl.output_text(o), "output_ids": o.token_ids, "finish_reason": o.finish_reason})
              for row, o in zip(rows, outputs)]
@@ -212,7 +212,7 @@ def evaluate(model: str | None, n: int, families: Sequence[str] | None, thinking
     report = run(vl, families, n, thinking=thinking, model_name=model or "internvl35-tiny (bundled)", progress=True)
     print(report.to_markdown())
     if out:
-        from internvl35.checkpoint import atomic_write_text
+        from internvl35.atomic import atomic_write_text
 
         atomic_write_text(f"{out}.md", report.to_markdown())
         atomic_write_text(f"{out}.json", report.to_json())

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from internvl35.atomic import atomic_write_text
+
 
 class ConfigError(ValueError):
     """A config value is invalid or a config file cannot be understood."""
@@ -191,8 +193,6 @@ class InternVLConfig:
         return cls.from_dict(raw)
 
     def save(self, path: str | Path, layout: str = "original") -> None:
-        from internvl35.checkpoint import atomic_write_text
-
         path = Path(path)
         file = path / "config.json" if path.is_dir() or not path.suffix else path
         file.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from internvl35.checkpoint import atomic_write_text, build_model, save_checkpoint
+from internvl35.atomic import atomic_write_text
+from internvl35.checkpoint import build_model, save_checkpoint
 from internvl35.config import InternVLConfig, TextConfig, VisionConfig
 from internvl35.data.chat import DEFAULT_SYSTEM_PROMPT, THINKING_SYSTEM_PROMPT
 from internvl35.data.tokenizer import ChatTokenizer, train_tokenizer
