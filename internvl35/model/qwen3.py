@@ -144,9 +144,13 @@ class Qwen3ForCausalLM(nn.Module):
         # Tied models have no lm_head parameter at all: the embedding is the single source of truth.
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
+    @property
+    def output_weight(self) -> Tensor:
+        """The (V, D) vocabulary projection: lm_head's weight, or the embedding when tied."""
+        return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
     def logits(self, hidden: Tensor) -> Tensor:
-        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight)
+        return F.linear(hidden, self.output_weight)
 
 
 def load_balancing_loss(router_logits: list[Tensor], num_experts: int, top_k: int) -> Tensor:
