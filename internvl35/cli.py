@@ -179,6 +179,18 @@ def train_recipe(name: str, out: str, steps: int | None = None, export: str | No
     print(f"model written to {final}")
 
 
+def _part_scale(text: str) -> tuple[str, float]:
+    """argparse type for `--lr-scale vit=0.1`."""
+    part, _, value = text.partition("=")
+    try:
+        scale = float(value)
+    except ValueError:
+        scale = None
+    if part not in ("vit", "mlp", "llm") or scale is None or scale < 0:
+        raise argparse.ArgumentTypeError(f"expected PART=SCALE with PART one of vit, mlp, llm; got {text!r}")
+    return part, scale
+
+
 def train_sft(model: str | None, out: str, data: str | None, families: Sequence[str] | None, steps: int,
               freeze: Sequence[str], export: str | None, **sft: object) -> None:
     """Fine-tune a model on a JSONL file of your own ({question, answer, images?}) or on task families.
@@ -293,13 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--weight-decay", type=float, default=0.05)
     r.add_argument("--averaging", choices=["square", "token", "sample"], default="square")
     r.add_argument("--freeze", action="append", default=[], choices=["vit", "mlp", "llm"])
+    r.add_argument("--lr-scale", action="append", default=[], type=_part_scale, metavar="PART=SCALE",
+                   help="learning-rate multiplier for vit, mlp or llm (repeatable), e.g. vit=0.1")
     r.add_argument("--no-packing", action="store_true")
     r.add_argument("--pack-tokens", type=int, default=2048)
     r.add_argument("--save-every", type=int, default=50)
     r.set_defaults(run=lambda a: train_sft(
         a.model, a.out, a.data, a.family, a.steps, a.freeze, a.export, examples_per_step=a.examples_per_step,
         lr=a.lr, warmup_ratio=a.warmup_ratio, weight_decay=a.weight_decay, averaging=a.averaging,
-        packing=not a.no_packing, pack_tokens=a.pack_tokens, save_every=a.save_every))
+        packing=not a.no_packing, pack_tokens=a.pack_tokens, save_every=a.save_every, lr_scale=dict(a.lr_scale)))
 
     p = sub.add_parser("eval", help="held-out accuracy per task family")
     _model_flags(p)

@@ -140,7 +140,8 @@ def test_cli_train_sft_on_jsonl_with_mlp_warmup_freezing(model_dir, tmp_path):
     data.write_text("".join(json.dumps({"question": f"Colour {i}?", "answer": "red", "images": ["a.png"]}) + "\n"
                             for i in range(3)))
     args = ["train", "sft", "--model", str(model_dir), "--data", str(data), "--out", str(tmp_path / "run"),
-            "--steps", "2", "--examples-per-step", "2", "--lr", "1e-2", "--freeze", "vit", "--freeze", "llm"]
+            "--steps", "2", "--examples-per-step", "2", "--lr", "1e-2", "--lr-scale", "mlp=0.5", "--freeze", "vit",
+            "--freeze", "llm"]
     assert main(args) == 0
     before, after = load_model(model_dir).state_dict(), load_model(tmp_path / "run" / "final").state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}

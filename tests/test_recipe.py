@@ -8,6 +8,7 @@ from internvl35.api import InternVL
 from internvl35.config import TextConfig, VisionConfig
 from internvl35.train.data import TaskMix
 from internvl35.train.recipe import TINY, run_recipe
+from internvl35.train.vision_pretrain import VisionPretrainConfig
 
 
 def test_toy_recipe_trains_exports_and_chats(tmp_path):
@@ -19,11 +20,13 @@ def test_toy_recipe_trains_exports_and_chats(tmp_path):
                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=2048,
                         tie_word_embeddings=True),
         mix=TaskMix(families=("digits", "document"), thinking_ratio=0.5),
-        sft=dict(steps=3, examples_per_step=4, pack_tokens=1024, save_every=2),
+        sft=dict(steps=3, examples_per_step=4, pack_tokens=1024, save_every=2, lr_scale={"vit": 0.5}),
+        vision_pretrain=VisionPretrainConfig(steps=2, batch_size=2),
     )
     final = run_recipe(recipe, tmp_path / "run", progress=False)
     assert (final / "model.safetensors").exists() and (final / "tokenizer.json").exists()
     assert (tmp_path / "run" / "loss.png").exists()
+    assert (tmp_path / "run" / "vision_pretrain.safetensors").exists()  # stage 0 ran and was kept
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3
     vl = InternVL.from_pretrained(final)

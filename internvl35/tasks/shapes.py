@@ -70,6 +70,13 @@ def _draw(items: list[Item], size: int) -> Image.Image:
     return img
 
 
+def dense(seed: int, size: int = 224) -> tuple[Image.Image, list[tuple[tuple[int, int, int, int], str]]]:
+    """A shapes canvas and what covers it, for vision pretraining: (box, "red circle") per shape."""
+    items = _scene(rng_for(NAME + "/dense", seed), "count", size)
+    boxes = [(it.cx - it.side // 2, it.cy - it.side // 2, it.cx + it.side // 2, it.cy + it.side // 2) for it in items]
+    return _draw(items, size), list(zip(boxes, (it.name for it in items)))
+
+
 def _scene(rng: np.random.Generator, kind: str, size: int) -> list[Item]:
     n = int(rng.integers(3, 7))
     while True:  # position questions need the two named shapes apart on the asked axis

@@ -3,9 +3,15 @@
 `tiny` builds internvl35-tiny, the bundled default model: a BPE tokenizer trained on the task text, an
 InternVL3.5-architecture model at 224 px tiles (InternViT -> pixel shuffle 0.5 -> mlp1 -> Qwen3), trained
 from scratch by SFT on the synthetic task mix, sized so that the whole run fits in ~45 minutes on a
-2-core CPU. Departures from the paper, all for size: tiles of 224 px (64 tokens), a 2-6 tile budget,
-random initialisation instead of a pretrained ViT/LLM, no separate MLP warm-up stage (nothing is
-pretrained, so every part trains from step 0).
+2-core CPU. Two stages:
+
+0. vision pretraining (`train/vision_pretrain.py`): the ViT labels every patch of digit sheets and
+   shape scenes, standing in for InternViT's own pretraining;
+1. SFT of the whole model on the task mix, the ViT at a reduced learning rate so its features survive
+   the random language model's first gradients.
+
+Departures from the paper, all for size: tiles of 224 px (64 tokens), a 2-6 tile budget, a randomly
+initialised LLM, and no separate MLP warm-up stage (the LLM is not pretrained, so it trains from step 0).
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
-from internvl35.atomic import atomic_write_text
+from internvl35.atomic import atomic_path, atomic_write_text
 from internvl35.checkpoint import build_model, save_checkpoint
 from internvl35.config import InternVLConfig, TextConfig, VisionConfig
 from internvl35.data.chat import DEFAULT_SYSTEM_PROMPT, THINKING_SYSTEM_PROMPT
@@ -25,6 +32,8 @@ from internvl35.data.tokenizer import ChatTokenizer, train_tokenizer
 from internvl35.model.internvl import InternVLModel
 from internvl35.train.data import TaskMix, TaskSource, corpus
 from internvl35.train.sft import SFTConfig, SFTTrainer
+from internvl35.train.state import latest_checkpoint
+from internvl35.train.vision_pretrain import VisionPretrainConfig, pretrain_vision
 
 
 @dataclass
@@ -34,6 +43,7 @@ class Recipe:
     text: TextConfig  # vocab_size is set from the trained tokenizer
     mix: TaskMix
     sft: dict = field(default_factory=dict)  # SFTConfig fields other than out_dir
+    vision_pretrain: VisionPretrainConfig | None = None  # stage 0; None = SFT from a random ViT
     vocab_size: int = 1024
     max_dynamic_patch: int = 6
     tokenizer_samples: int = 400  # per family
@@ -48,8 +58,10 @@ TINY = Recipe(
                     num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=4096,
                     rope_theta=10000.0, tie_word_embeddings=True),
     mix=TaskMix(weights=(4, 1, 1.5, 1, 1, 1), thinking_ratio=0.25),  # digits weighted up: the 90% target
-    sft=dict(steps=1500, examples_per_step=24, lr=1.5e-3, warmup_ratio=0.03, min_lr_ratio=0.05, pack_tokens=1536,
-             rows_per_micro=4, save_every=100),
+    sft=dict(steps=950, examples_per_step=24, lr=1.5e-3, warmup_ratio=0.03, min_lr_ratio=0.05, pack_tokens=1536,
+             rows_per_micro=4, save_every=100, lr_scale={"vit": 0.2}),
+    vision_pretrain=VisionPretrainConfig(steps=450, batch_size=32, lr=1e-3,
+                                         families=("digits", "digits", "digits", "shapes")),
 )
 RECIPES = {"tiny": TINY}
 
@@ -80,13 +92,32 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, steps: int | None = None,
     config = model_config(recipe, tokenizer)
     torch.manual_seed(seed)
     model = build_model(config)
+    if recipe.vision_pretrain is not None and latest_checkpoint(out / "checkpoints") is None:
+        vision_stage(model, recipe.vision_pretrain, out, progress)
     sft = SFTConfig(out_dir=str(out), progress=progress, extra={"recipe": recipe.name},
                     **{**recipe.sft, **({"steps": steps} if steps else {})})
     SFTTrainer(model, TaskSource(tokenizer, config, recipe.mix, seed), sft, pad_id=tokenizer.pad_id).run()
     final = Path(export) if export else out / "final"
     export_model(model, tokenizer, final, out, recipe.export_dtype,
-                 {"recipe": recipe.name, "sft": asdict(sft), "mix": asdict(recipe.mix), "seed": seed})
+                 {"recipe": recipe.name, "sft": asdict(sft), "mix": asdict(recipe.mix), "seed": seed,
+                  "vision_pretrain": _read_json(out / "vision_pretrain.json")})
     return final
+
+
+def vision_stage(model: InternVLModel, cfg: VisionPretrainConfig, out: Path, progress: bool) -> None:
+    """Stage 0, run once per run directory: its result is saved, so a restarted run reuses it."""
+    weights = out / "vision_pretrain.safetensors"
+    if weights.exists():
+        model.vision_model.load_state_dict(load_file(str(weights)))
+        return
+    metrics = pretrain_vision(model.vision_model, replace(cfg, progress=progress))
+    with atomic_path(weights) as tmp:
+        save_file({k: v.contiguous() for k, v in model.vision_model.state_dict().items()}, str(tmp))
+    atomic_write_text(out / "vision_pretrain.json", json.dumps({"config": asdict(cfg), **metrics}, indent=1))
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def export_model(model: InternVLModel, tokenizer: ChatTokenizer, final: Path, run_dir: Path,

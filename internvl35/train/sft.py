@@ -47,6 +47,7 @@ class SFTConfig:
     rows_per_micro: int = 4  # rows per forward (padding mode: examples per forward)
     averaging: str = "square"
     freeze: tuple[str, ...] = ()
+    lr_scale: dict[str, float] = field(default_factory=dict)  # per part, e.g. {"vit": 0.2} for a pretrained ViT
     save_every: int = 100
     keep_checkpoints: int = 2
     log_every: int = 1
@@ -58,6 +59,9 @@ class SFTConfig:
         bad = [f for f in self.freeze if f not in PARTS]
         if bad:
             raise ValueError(f"cannot freeze {bad}: choose from {sorted(PARTS)}")
+        bad = [f for f in self.lr_scale if f not in PARTS]
+        if bad:
+            raise ValueError(f"no learning-rate scale for {bad}: choose from {sorted(PARTS)}")
         if self.steps <= 0 or self.examples_per_step <= 0:
             raise ValueError(f"steps ({self.steps}) and examples_per_step ({self.examples_per_step}) must be positive")
 
@@ -78,12 +82,17 @@ def set_trainable(model: InternVLModel, freeze: Iterable[str]) -> None:
 
 
 def make_optimizer(model: InternVLModel, cfg: SFTConfig) -> torch.optim.AdamW:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    """AdamW with one group per (part, decay or not); each group's `lr_scale` multiplies the schedule's lr."""
+    groups = []
+    for part, prefix in PARTS.items():
+        params = [p for name, p in model.named_parameters() if p.requires_grad and name.split(".", 1)[0] == prefix]
+        scale = cfg.lr_scale.get(part, 1.0)
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]  # norms, biases, layer scales
+        groups += [{"params": ps, "weight_decay": wd, "lr_scale": scale}
+                   for ps, wd in ((decay, cfg.weight_decay), (no_decay, 0.0)) if ps]
+    if not groups:
         raise ValueError("every part is frozen: nothing to train")
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]  # norms, biases, layer scales
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # The fused kernel updates all parameters in one pass (the default CPU path loops per tensor).
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=True)
 
@@ -108,7 +117,7 @@ def train_step(model: InternVLModel, opt: torch.optim.Optimizer, batches: list[B
     params = [p for p in model.parameters() if p.grad is not None]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip) if grad_clip > 0 else torch.tensor(0.0)
     for group in opt.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
     return {"loss": loss_sum, "grad_norm": float(grad_norm), "lr": lr, "tokens": total_tokens}

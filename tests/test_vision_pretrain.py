@@ -1,0 +1,78 @@
+"""Stage-0 vision pretraining: patch labels, scenes, and that training moves the labels' loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from internvl35.checkpoint import build_model
+from internvl35.config import VisionConfig
+from internvl35.model.vision import InternViT
+from internvl35.presets import preset
+from internvl35.tasks import digits
+from internvl35.tasks.base import TEST_SEED_START
+from internvl35.train.sft import SFTConfig, make_optimizer
+from internvl35.train.vision_pretrain import (
+    LABEL_ID, VisionPretrainConfig, dense_batch, patch_labels, pretrain_vision,
+)
+
+
+def test_patch_labels_take_the_box_holding_each_patch_centre():
+    # 56 px, 14 px patches: centres at 7, 21, 35, 49. The box [14, 42) holds centres 21 and 35.
+    labels = patch_labels([((14, 0, 42, 14), "digit 3")], size=56, patch=14).reshape(4, 4)
+    expected = np.zeros((4, 4), dtype=np.int64)
+    expected[0, 1:3] = LABEL_ID["digit 3"]
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_digit_sheets_label_their_glyphs_and_keep_the_test_scans_apart(monkeypatch):
+    pixels, labels = dense_batch([0, 1], ("digits",), size=224, patch=14)
+    assert pixels.shape == (2, 3, 224, 224) and labels.shape == (2, 256)
+    image, boxes = digits.dense(0)
+    assert len(boxes) == int((labels[0].reshape(16, 16)[::2, ::2] > 0).sum())  # one cell = 2x2 patches
+    used: list[int] = []
+    real = digits._glyph
+    monkeypatch.setattr(digits, "_glyph", lambda idx, px: used.append(idx) or real(idx, px))
+    digits.dense(TEST_SEED_START + 5)
+    assert used and min(used) >= digits.TRAIN_POOL
+
+
+def test_task_canvases_put_glyphs_on_the_lattice_in_reading_order():
+    rng = np.random.default_rng(0)
+    _, boxes = digits._render([0, 1, 2, 3], 224, rng)
+    cell = 224 // digits.CELLS
+    assert all(x0 % cell == 0 and y0 % cell == 0 and x1 - x0 == cell for x0, y0, x1, _ in boxes)
+    assert [b[0] for b in boxes] == sorted({b[0] for b in boxes})  # distinct columns, left to right
+
+
+def test_pretraining_lowers_the_token_loss():
+    torch.manual_seed(0)
+    vit = InternViT(VisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                 image_size=56, patch_size=14))
+    first = pretrain_vision(vit, VisionPretrainConfig(steps=1, batch_size=8, lr=3e-3, warmup_steps=1,
+                                                      families=("shapes",), progress=False))
+    torch.manual_seed(0)
+    vit = InternViT(vit.config)
+    later = pretrain_vision(vit, VisionPretrainConfig(steps=40, batch_size=8, lr=3e-3, warmup_steps=1,
+                                                      families=("shapes",), progress=False))
+    assert later["loss"] < first["loss"]
+    assert 0.0 <= later["object_token_accuracy"] <= 1.0
+
+
+def test_unknown_scene_family_is_named():
+    with pytest.raises(ValueError, match="chart"):
+        VisionPretrainConfig(families=("chart",))
+
+
+def test_lr_scale_gives_a_part_its_own_learning_rate():
+    model = build_model(preset("tiny-test"))
+    cfg = SFTConfig(out_dir="unused", steps=1, lr_scale={"vit": 0.25})
+    opt = make_optimizer(model, cfg)
+    vit_params = {id(p) for p in model.vision_model.parameters()}
+    for group in opt.param_groups:
+        in_vit = {id(p) in vit_params for p in group["params"]}
+        assert len(in_vit) == 1  # a group never mixes parts
+        assert group["lr_scale"] == (0.25 if in_vit.pop() else 1.0)
+    with pytest.raises(ValueError, match="learning-rate scale"):
+        SFTConfig(out_dir="unused", steps=1, lr_scale={"vision": 0.5})
