@@ -159,3 +159,12 @@ def test_stream_equals_chat_when_a_stop_string_cuts_inside_a_token(vl):
         cut = vl.chat("Hello there", params=params)
         assert cut == free[: free.find(stop)]
         assert "".join(vl.stream_chat("Hello there", params=params)) == cut
+
+
+def test_readme_main_command_answers_correctly_with_the_bundled_model(capsys):
+    # The README's main job, as a new user runs it: the bundled model on the shipped example image.
+    from internvl35.tasks.examples import OUT
+
+    assert main(["chat", "--image", str(OUT / "digits.png"),
+                 "What is the largest digit in the image? Answer with a number."]) == 0
+    assert capsys.readouterr().out.strip() == "5"

@@ -8,7 +8,7 @@ from internvl35.api import InternVL
 from internvl35.config import TextConfig, VisionConfig
 from internvl35.train.data import TaskMix
 from internvl35.train.recipe import TINY, run_recipe
-from internvl35.train.vision_pretrain import VisionPretrainConfig
+from internvl35.train.vision_pretrain import AlignConfig, VisionPretrainConfig
 
 
 def test_toy_recipe_trains_exports_and_chats(tmp_path):
@@ -22,13 +22,17 @@ def test_toy_recipe_trains_exports_and_chats(tmp_path):
         mix=TaskMix(families=("digits", "document"), thinking_ratio=0.5),
         sft=dict(steps=3, examples_per_step=4, pack_tokens=1024, save_every=2, lr_scale={"vit": 0.5}),
         vision_pretrain=VisionPretrainConfig(steps=2, batch_size=2),
+        align=AlignConfig(steps=2, batch_size=2),
+        focus=(TaskMix(families=("digits",)), dict(steps=2, examples_per_step=2, pack_tokens=1024)),
     )
     final = run_recipe(recipe, tmp_path / "run", progress=False)
     assert (final / "model.safetensors").exists() and (final / "tokenizer.json").exists()
     assert (tmp_path / "run" / "loss.png").exists()
     assert (tmp_path / "run" / "vision_pretrain.safetensors").exists()  # stage 0 ran and was kept
+    assert (tmp_path / "run" / "align.safetensors").exists()  # and stage 0b
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3
+    assert len((tmp_path / "run" / "focus" / "metrics.jsonl").read_text().splitlines()) == 2  # stage 2 ran
     vl = InternVL.from_pretrained(final)
     from internvl35.tasks.base import make_split
 

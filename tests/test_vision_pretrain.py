@@ -38,12 +38,13 @@ def test_digit_sheets_label_their_glyphs_and_keep_the_test_scans_apart(monkeypat
     assert used and min(used) >= digits.TRAIN_POOL
 
 
-def test_task_canvases_put_glyphs_on_the_lattice_in_reading_order():
+def test_task_canvases_write_one_line_on_the_lattice():
     rng = np.random.default_rng(0)
     _, boxes = digits._render([0, 1, 2, 3], 224, rng)
     cell = 224 // digits.CELLS
     assert all(x0 % cell == 0 and y0 % cell == 0 and x1 - x0 == cell for x0, y0, x1, _ in boxes)
     assert [b[0] for b in boxes] == sorted({b[0] for b in boxes})  # distinct columns, left to right
+    assert len({b[1] for b in boxes}) == 1  # one line: reading order is also the tokens' row-major order
 
 
 def test_pretraining_lowers_the_token_loss():

@@ -50,11 +50,11 @@ CELLS = 8  # the canvas is a CELLS x CELLS lattice; a glyph fills one cell
 
 
 def _render(indices: list[int], size: int, rng: np.random.Generator) -> tuple[Image.Image, list[Box]]:
-    """Place one glyph per lattice cell, in distinct columns, left to right.
+    """Write the glyphs as one line on the lattice: one row, distinct columns, left to right.
 
     1. cell = size // CELLS (28 px at 224); each glyph fills exactly one cell;
-    2. columns are distinct and sorted, so the reading order is the left-to-right order;
-       each glyph's row is drawn independently from rows 1..CELLS-2, so rows are not aligned.
+    2. one row for the whole line, drawn from rows 1..CELLS-2; columns distinct and sorted, so the
+       reading order is the left-to-right order (and the image tokens' row-major order).
     Glyphs sit on the lattice rather than at free pixel offsets: at 224 px a cell is exactly one
     pixel-shuffled token of a 224-px-tile model (2x2 patches of 14 px). A ViT trained from nothing
     learns aligned glyphs in a few hundred steps but shifted ones far more slowly (measured:
@@ -64,9 +64,10 @@ def _render(indices: list[int], size: int, rng: np.random.Generator) -> tuple[Im
     canvas = Image.new("L", (size, size), 255)
     cell = size // CELLS
     cols = sorted(int(c) for c in rng.choice(CELLS, size=len(indices), replace=False))
+    y = int(rng.integers(1, CELLS - 1)) * cell
     boxes = []
     for idx, col in zip(indices, cols):
-        x, y = col * cell, int(rng.integers(1, CELLS - 1)) * cell
+        x = col * cell
         canvas.paste(_glyph(idx, cell), (x, y))
         boxes.append((x, y, x + cell, y + cell))
     return canvas.convert("RGB"), boxes

@@ -33,7 +33,7 @@ from internvl35.model.internvl import InternVLModel
 from internvl35.train.data import TaskMix, TaskSource, corpus
 from internvl35.train.sft import SFTConfig, SFTTrainer
 from internvl35.train.state import latest_checkpoint
-from internvl35.train.vision_pretrain import VisionPretrainConfig, pretrain_vision
+from internvl35.train.vision_pretrain import AlignConfig, VisionPretrainConfig, align_projector, pretrain_vision
 
 
 @dataclass
@@ -44,6 +44,8 @@ class Recipe:
     mix: TaskMix
     sft: dict = field(default_factory=dict)  # SFTConfig fields other than out_dir
     vision_pretrain: VisionPretrainConfig | None = None  # stage 0; None = SFT from a random ViT
+    align: AlignConfig | None = None  # stage 0b: projector -> word embeddings (needs tied embeddings)
+    focus: tuple[TaskMix, dict] | None = None  # stage 2: a shorter SFT on a re-weighted mix (mix, SFTConfig fields)
     vocab_size: int = 1024
     max_dynamic_patch: int = 6
     tokenizer_samples: int = 400  # per family
@@ -62,6 +64,7 @@ TINY = Recipe(
              rows_per_micro=4, save_every=100, lr_scale={"vit": 0.2}),
     vision_pretrain=VisionPretrainConfig(steps=450, batch_size=32, lr=1e-3,
                                          families=("digits", "digits", "digits", "shapes")),
+    align=AlignConfig(steps=150, batch_size=32, families=("digits", "digits", "digits", "shapes")),
 )
 RECIPES = {"tiny": TINY}
 
@@ -92,15 +95,25 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, steps: int | None = None,
     config = model_config(recipe, tokenizer)
     torch.manual_seed(seed)
     model = build_model(config)
-    if recipe.vision_pretrain is not None and latest_checkpoint(out / "checkpoints") is None:
-        vision_stage(model, recipe.vision_pretrain, out, progress)
+    if latest_checkpoint(out / "checkpoints") is None:  # SFT resumes with everything; stages 0/0b are done
+        if recipe.vision_pretrain is not None:
+            vision_stage(model, recipe.vision_pretrain, out, progress)
+        if recipe.align is not None:
+            align_stage(model, tokenizer, recipe.align, out, progress)
     sft = SFTConfig(out_dir=str(out), progress=progress, extra={"recipe": recipe.name},
                     **{**recipe.sft, **({"steps": steps} if steps else {})})
     SFTTrainer(model, TaskSource(tokenizer, config, recipe.mix, seed), sft, pad_id=tokenizer.pad_id).run()
+    meta = {"recipe": recipe.name, "sft": asdict(sft), "mix": asdict(recipe.mix), "seed": seed,
+            "vision_pretrain": _read_json(out / "vision_pretrain.json"), "align": _read_json(out / "align.json")}
+    if recipe.focus is not None:
+        mix, fields = recipe.focus
+        # Continues the example stream after stage 1, so stage 2 sees fresh samples.
+        focus = SFTConfig(out_dir=str(out / "focus"), progress=progress, extra={"recipe": recipe.name, "stage": 2},
+                          start_example=sft.steps * sft.examples_per_step, **fields)
+        SFTTrainer(model, TaskSource(tokenizer, config, mix, seed), focus, pad_id=tokenizer.pad_id).run()
+        meta["focus"] = {"mix": asdict(mix), "sft": asdict(focus)}
     final = Path(export) if export else out / "final"
-    export_model(model, tokenizer, final, out, recipe.export_dtype,
-                 {"recipe": recipe.name, "sft": asdict(sft), "mix": asdict(recipe.mix), "seed": seed,
-                  "vision_pretrain": _read_json(out / "vision_pretrain.json")})
+    export_model(model, tokenizer, final, out, recipe.export_dtype, meta)
     return final
 
 
@@ -114,6 +127,20 @@ def vision_stage(model: InternVLModel, cfg: VisionPretrainConfig, out: Path, pro
     with atomic_path(weights) as tmp:
         save_file({k: v.contiguous() for k, v in model.vision_model.state_dict().items()}, str(tmp))
     atomic_write_text(out / "vision_pretrain.json", json.dumps({"config": asdict(cfg), **metrics}, indent=1))
+
+
+def align_stage(model: InternVLModel, tokenizer: ChatTokenizer, cfg: AlignConfig, out: Path, progress: bool) -> None:
+    """Stage 0b, run once per run directory (mlp1 and the word embeddings are saved for a restart)."""
+    weights = out / "align.safetensors"
+    if weights.exists():
+        model.load_state_dict(load_file(str(weights)), strict=False)
+        return
+    metrics = align_projector(model, tokenizer, replace(cfg, progress=progress))
+    trained = {k: v.contiguous() for k, v in model.state_dict().items()
+               if k.startswith("mlp1.") or k.endswith("embed_tokens.weight")}
+    with atomic_path(weights) as tmp:
+        save_file(trained, str(tmp))
+    atomic_write_text(out / "align.json", json.dumps({"config": asdict(cfg), **metrics}, indent=1))
 
 
 def _read_json(path: Path) -> dict | None:

@@ -29,6 +29,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from internvl35.data.tiling import to_tensor
+from internvl35.data.tokenizer import ChatTokenizer
+from internvl35.model.internvl import InternVLModel
 from internvl35.model.projector import pixel_shuffle
 from internvl35.model.vision import InternViT
 from internvl35.tasks import digits, shapes
@@ -135,3 +137,69 @@ def _token_px(vit: InternViT, ratio: float) -> int:
 
 def _token_dim(vit: InternViT, ratio: float) -> int:
     return round(vit.config.hidden_size / ratio**2)
+
+
+# ---- stage 0b: align the projector with the word embeddings ------------------------------------------------
+
+
+@dataclass
+class AlignConfig:
+    steps: int = 150
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup_steps: int = 10
+    families: tuple[str, ...] = ("digits", "shapes")
+    background_weight: float = 0.2
+    progress: bool = True
+
+
+def label_words(tokenizer: ChatTokenizer) -> Tensor:
+    """The word token each label should read as: "7" for "digit 7", "red" for "red circle", "." for background."""
+    words = ["." if name == "background" else name.split()[-1] if name.startswith("digit") else name.split()[0]
+             for name in LABELS]
+    return torch.tensor([tokenizer.encode_text(w)[0] for w in words])
+
+
+def align_projector(model: InternVLModel, tokenizer: ChatTokenizer, cfg: AlignConfig) -> dict:
+    """Train mlp1 and the word embeddings so each image token scores its label's word under the tied output head.
+
+    With tied embeddings the output head *is* the embedding table, so afterwards an image token of a
+    "7" enters the language model close to the text token "7", and anything that moves it to the
+    answer position already predicts "7". The random language model then only has to learn where to
+    look, not also what the features mean: the slow part of learning to read from scratch.
+    Needs tied embeddings; the ViT stays frozen (stage 0 trained it).
+    """
+    lm = model.language_model
+    if lm.lm_head is not None:
+        raise ValueError("projector alignment needs tied word embeddings (tie_word_embeddings=True)")
+    vit, ratio = model.vision_model, model.config.downsample_ratio
+    targets = label_words(tokenizer)
+    class_weight = torch.ones(len(LABELS))
+    class_weight[LABEL_ID["background"]] = cfg.background_weight
+    params = [*model.mlp1.parameters(), lm.output_weight]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.95), fused=True)
+    schedule = VisionPretrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, families=cfg.families)
+    vit.eval()
+    bar = tqdm(range(cfg.steps), disable=not cfg.progress, desc="projector alignment", unit="step")
+    t0, loss = time.perf_counter(), torch.tensor(float("nan"))
+    for step in bar:
+        seeds = list(range(step * cfg.batch_size, (step + 1) * cfg.batch_size))
+        pixels, labels = dense_batch(seeds, cfg.families, vit.config.image_size, _token_px(vit, ratio))
+        with torch.no_grad():
+            feats = pixel_shuffle(vit(pixels), ratio)
+        logits = F.linear(model.mlp1(feats), lm.output_weight)[..., targets]  # scores of the label words only
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), weight=class_weight)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, schedule)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    with torch.no_grad():
+        seeds = list(range(TEST_SEED_START, TEST_SEED_START + 64))
+        pixels, labels = dense_batch(seeds, cfg.families, vit.config.image_size, _token_px(vit, ratio))
+        pred = F.linear(model.mlp1(pixel_shuffle(vit(pixels), ratio)), lm.output_weight)[..., targets].argmax(-1)
+        covered = labels > 0
+    return {"loss": loss.item(), "seconds": time.perf_counter() - t0,
+            "object_token_accuracy": float((pred[covered] == labels[covered]).float().mean())}
