@@ -77,3 +77,19 @@ def test_lr_scale_gives_a_part_its_own_learning_rate():
         assert group["lr_scale"] == (0.25 if in_vit.pop() else 1.0)
     with pytest.raises(ValueError, match="learning-rate scale"):
         SFTConfig(out_dir="unused", steps=1, lr_scale={"vision": 0.5})
+
+
+def test_alignment_targets_are_the_label_words_and_need_tied_embeddings():
+    from dataclasses import replace
+
+    from internvl35.data.tokenizer import ChatTokenizer
+    from internvl35.train.vision_pretrain import AlignConfig, align_projector, label_words
+
+    tok = ChatTokenizer.from_dir("internvl35/assets/internvl35-tiny")
+    words = [tok.decode([i]) for i in label_words(tok).tolist()]
+    assert words[LABEL_ID["digit 7"]] == "7" and words[LABEL_ID["background"]] == "."
+    assert words[LABEL_ID["red circle"]].startswith("red"[: len(words[LABEL_ID["red circle"]])])
+    cfg = preset("tiny-test")
+    untied = build_model(replace(cfg, text=replace(cfg.text, tie_word_embeddings=False)))
+    with pytest.raises(ValueError, match="tied"):
+        align_projector(untied, tok, AlignConfig(steps=1, progress=False))
