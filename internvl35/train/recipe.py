@@ -3,12 +3,15 @@
 `tiny` builds internvl35-tiny, the bundled default model: a BPE tokenizer trained on the task text, an
 InternVL3.5-architecture model at 224 px tiles (InternViT -> pixel shuffle 0.5 -> mlp1 -> Qwen3), trained
 from scratch by SFT on the synthetic task mix, sized so that the whole run fits in ~45 minutes on a
-2-core CPU. Two stages:
+2-core CPU. Stages (each saved in the run directory, so a restarted run skips what is done):
 
-0. vision pretraining (`train/vision_pretrain.py`): the ViT labels every patch of digit sheets and
-   shape scenes, standing in for InternViT's own pretraining;
+0. vision pretraining (`train/vision_pretrain.py`): the ViT labels every image token of digit sheets
+   and shape scenes, standing in for InternViT's own pretraining;
+0b. projector alignment: mlp1 and the tied word embeddings learn to make each image token score its
+   label's word ("7", "red");
 1. SFT of the whole model on the task mix, the ViT at a reduced learning rate so its features survive
-   the random language model's first gradients.
+   the random language model's first gradients;
+2. optionally (`Recipe.focus`), a shorter SFT on a re-weighted mix.
 
 Departures from the paper, all for size: tiles of 224 px (64 tokens), a 2-6 tile budget, a randomly
 initialised LLM, and no separate MLP warm-up stage (the LLM is not pretrained, so it trains from step 0).
@@ -123,7 +126,7 @@ def vision_stage(model: InternVLModel, cfg: VisionPretrainConfig, out: Path, pro
     if weights.exists():
         model.vision_model.load_state_dict(load_file(str(weights)))
         return
-    metrics = pretrain_vision(model.vision_model, replace(cfg, progress=progress))
+    metrics = pretrain_vision(model.vision_model, replace(cfg, progress=progress), model.config.downsample_ratio)
     with atomic_path(weights) as tmp:
         save_file({k: v.contiguous() for k, v in model.vision_model.state_dict().items()}, str(tmp))
     atomic_write_text(out / "vision_pretrain.json", json.dumps({"config": asdict(cfg), **metrics}, indent=1))

@@ -52,7 +52,6 @@ class VisionPretrainConfig:
     warmup_steps: int = 20
     weight_decay: float = 0.05
     families: tuple[str, ...] = ("digits", "shapes")
-    downsample_ratio: float = 0.5  # the model's pixel shuffle: the head labels the tokens the LLM gets
     background_weight: float = 0.2  # most patches are empty; down-weight them so objects drive the loss
     progress: bool = True
 
@@ -91,10 +90,13 @@ def _lr(step: int, cfg: VisionPretrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def pretrain_vision(vit: InternViT, cfg: VisionPretrainConfig) -> dict:
-    """Train `vit` in place on dense patch labels; returns the last loss and held-out patch accuracy."""
+def pretrain_vision(vit: InternViT, cfg: VisionPretrainConfig, downsample_ratio: float = 0.5) -> dict:
+    """Train `vit` in place on dense token labels; returns the last loss and held-out token accuracy.
+
+    downsample_ratio: the model's pixel shuffle, so the head labels exactly the tokens the LLM gets.
+    """
     vc = vit.config
-    head = nn.Linear(_token_dim(vit, cfg.downsample_ratio), len(LABELS))
+    head = nn.Linear(_token_dim(vit, downsample_ratio), len(LABELS))
     class_weight = torch.ones(len(LABELS))
     class_weight[LABEL_ID["background"]] = cfg.background_weight
     params = [*vit.parameters(), *head.parameters()]
@@ -104,8 +106,8 @@ def pretrain_vision(vit: InternViT, cfg: VisionPretrainConfig) -> dict:
     t0, loss = time.perf_counter(), torch.tensor(float("nan"))
     for step in bar:
         seeds = list(range(step * cfg.batch_size, (step + 1) * cfg.batch_size))
-        pixels, labels = dense_batch(seeds, cfg.families, vc.image_size, _token_px(vit, cfg.downsample_ratio))
-        logits = head(pixel_shuffle(vit(pixels), cfg.downsample_ratio))
+        pixels, labels = dense_batch(seeds, cfg.families, vc.image_size, _token_px(vit, downsample_ratio))
+        logits = head(pixel_shuffle(vit(pixels), downsample_ratio))
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), weight=class_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -116,7 +118,7 @@ def pretrain_vision(vit: InternViT, cfg: VisionPretrainConfig) -> dict:
         bar.set_postfix(loss=f"{loss.item():.3f}")
     vit.eval()
     return {"loss": loss.item(), "seconds": time.perf_counter() - t0,
-            **evaluate_dense(vit, head, cfg.families, cfg.downsample_ratio)}
+            **evaluate_dense(vit, head, cfg.families, downsample_ratio)}
 
 
 @torch.no_grad()
