@@ -41,3 +41,26 @@ def test_toy_recipe_trains_exports_and_chats(tmp_path):
 
     out = vl.chat(sample.question, sample.images, params=SamplingParams(max_new_tokens=3))
     assert isinstance(out, str)
+
+
+def test_a_restarted_stage_reloads_its_saved_weights_and_refuses_foreign_ones(tmp_path):
+    import pytest
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from internvl35.checkpoint import build_model
+    from internvl35.presets import preset
+    from internvl35.train.recipe import vision_stage
+
+    cfg = VisionPretrainConfig(steps=1, batch_size=2, progress=False)
+    first = build_model(preset("tiny-test"))
+    vision_stage(first, cfg, tmp_path, progress=False)
+    saved = load_file(str(tmp_path / "vision_pretrain.safetensors"))
+    assert set(saved) == {k for k in first.state_dict() if k.startswith("vision_model.")}
+    again = build_model(preset("tiny-test"))
+    vision_stage(again, cfg, tmp_path, progress=False)  # loads, does not train
+    for key, value in saved.items():
+        assert torch.equal(again.state_dict()[key], value)
+    save_file({"mlp1.0.weight": torch.zeros(1)}, str(tmp_path / "vision_pretrain.safetensors"))
+    with pytest.raises(ValueError, match="does not hold this stage's weights"):
+        vision_stage(build_model(preset("tiny-test")), cfg, tmp_path, progress=False)

@@ -140,6 +140,7 @@ def dense(seed: int, size: int = 224, fill: float = 0.5) -> tuple[Image.Image, l
     times teach handwriting rather than those scans; test sheets are drawn like task canvases.
     """
     rng = rng_for(NAME + "/dense", seed)
+    train = split_of(seed) == "train"
     pool = pool_indices(split_of(seed))
     canvas = Image.new("L", (size, size), 255)
     cell = size // CELLS
@@ -149,7 +150,7 @@ def dense(seed: int, size: int = 224, fill: float = 0.5) -> tuple[Image.Image, l
             if rng.random() < fill:
                 idx = pool[int(rng.integers(len(pool)))]
                 glyph, offset = _glyph(idx, cell), (0, 0)
-                if split_of(seed) == "train":
+                if train:
                     glyph, offset = _varied(idx, cell, rng)
                 canvas.paste(glyph, (c * cell + offset[0], r * cell + offset[1]))
                 box = (c * cell, r * cell, (c + 1) * cell, (r + 1) * cell)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -126,29 +127,35 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, steps: int | None = None,
 
 
 def vision_stage(model: InternVLModel, cfg: VisionPretrainConfig, out: Path, progress: bool) -> None:
-    """Stage 0, run once per run directory: its result is saved, so a restarted run reuses it."""
-    weights = out / "vision_pretrain.safetensors"
-    if weights.exists():
-        model.vision_model.load_state_dict(load_file(str(weights)))
-        return
-    metrics = pretrain_vision(model.vision_model, replace(cfg, progress=progress), model.config.downsample_ratio)
-    with atomic_path(weights) as tmp:
-        save_file({k: v.contiguous() for k, v in model.vision_model.state_dict().items()}, str(tmp))
-    atomic_write_text(out / "vision_pretrain.json", json.dumps({"config": asdict(cfg), **metrics}, indent=1))
+    """Stage 0: the ViT."""
+    _once(model, out, "vision_pretrain", lambda key: key.startswith("vision_model."),
+          lambda: pretrain_vision(model.vision_model, replace(cfg, progress=progress), model.config.downsample_ratio),
+          cfg)
 
 
 def align_stage(model: InternVLModel, tokenizer: ChatTokenizer, cfg: AlignConfig, out: Path, progress: bool) -> None:
-    """Stage 0b, run once per run directory (mlp1 and the word embeddings are saved for a restart)."""
-    weights = out / "align.safetensors"
+    """Stage 0b: mlp1 and the word embeddings."""
+    _once(model, out, "align", lambda key: key.startswith("mlp1.") or key.endswith("embed_tokens.weight"),
+          lambda: align_projector(model, tokenizer, replace(cfg, progress=progress)), cfg)
+
+
+def _once(model: InternVLModel, out: Path, name: str, trains: Callable[[str], bool], run: Callable[[], dict],
+          cfg: object) -> None:
+    """Run a pre-SFT stage once per run directory: the weights it trains (the keys `trains` selects) and its
+    metrics are saved atomically, and a restarted run loads them instead of training again."""
+    weights = out / f"{name}.safetensors"
+    keys = {k for k in model.state_dict() if trains(k)}
     if weights.exists():
-        model.load_state_dict(load_file(str(weights)), strict=False)
+        saved = load_file(str(weights))
+        if set(saved) != keys:
+            raise ValueError(f"{weights} does not hold this stage's weights: missing {sorted(keys - set(saved))}, "
+                             f"unexpected {sorted(set(saved) - keys)}")
+        model.load_state_dict(saved, strict=False)
         return
-    metrics = align_projector(model, tokenizer, replace(cfg, progress=progress))
-    trained = {k: v.contiguous() for k, v in model.state_dict().items()
-               if k.startswith("mlp1.") or k.endswith("embed_tokens.weight")}
+    metrics = run()
     with atomic_path(weights) as tmp:
-        save_file(trained, str(tmp))
-    atomic_write_text(out / "align.json", json.dumps({"config": asdict(cfg), **metrics}, indent=1))
+        save_file({k: v.contiguous() for k, v in model.state_dict().items() if k in keys}, str(tmp))
+    atomic_write_text(out / f"{name}.json", json.dumps({"config": asdict(cfg), **metrics}, indent=1))
 
 
 def _read_json(path: Path) -> dict | None:

@@ -9,7 +9,8 @@ sample. The head reads the pixel-shuffled features, the very tokens the language
 (each the concatenation of 2x2 neighbouring patches at downsample ratio 0.5).
 
 Scenes come from the task families' `dense(seed)` generators (train seeds only, so the digit scans
-held out for testing stay unseen); `evaluate_dense` scores held-out scenes.
+held out for testing stay unseen); `evaluate_dense` scores held-out scenes. Stage 0b (`align_projector`)
+reuses the same scenes and loop to align the projector with the word embeddings.
 
     vit_metrics = pretrain_vision(model.vision_model, VisionPretrainConfig(steps=300))
 """
@@ -90,25 +91,21 @@ def _lr(step: int, cfg: VisionPretrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def pretrain_vision(vit: InternViT, cfg: VisionPretrainConfig, downsample_ratio: float = 0.5) -> dict:
-    """Train `vit` in place on dense token labels; returns the last loss and held-out token accuracy.
+TokenLogits = Callable[[Tensor], Tensor]  # pixels (B, 3, S, S) -> per-token label scores (B, tokens, len(LABELS))
 
-    downsample_ratio: the model's pixel shuffle, so the head labels exactly the tokens the LLM gets.
-    """
-    vc = vit.config
-    head = nn.Linear(_token_dim(vit, downsample_ratio), len(LABELS))
+
+def _train_dense(cfg: VisionPretrainConfig, params: list[Tensor], token_logits: TokenLogits, image_size: int,
+                 token_px: int, desc: str) -> float:
+    """The loop both stages share: weighted cross-entropy of token labels on train scenes; returns the last loss."""
     class_weight = torch.ones(len(LABELS))
     class_weight[LABEL_ID["background"]] = cfg.background_weight
-    params = [*vit.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95), fused=True)
-    vit.train()
-    bar = tqdm(range(cfg.steps), disable=not cfg.progress, desc="vision pretrain", unit="step")
-    t0, loss = time.perf_counter(), torch.tensor(float("nan"))
+    loss = torch.tensor(float("nan"))
+    bar = tqdm(range(cfg.steps), disable=not cfg.progress, desc=desc, unit="step")
     for step in bar:
         seeds = list(range(step * cfg.batch_size, (step + 1) * cfg.batch_size))
-        pixels, labels = dense_batch(seeds, cfg.families, vc.image_size, _token_px(vit, downsample_ratio))
-        logits = head(pixel_shuffle(vit(pixels), downsample_ratio))
-        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), weight=class_weight)
+        pixels, labels = dense_batch(seeds, cfg.families, image_size, token_px)
+        loss = F.cross_entropy(token_logits(pixels).flatten(0, 1), labels.flatten(), weight=class_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         for group in opt.param_groups:
@@ -116,20 +113,38 @@ def pretrain_vision(vit: InternViT, cfg: VisionPretrainConfig, downsample_ratio:
         opt.step()
         opt.zero_grad(set_to_none=True)
         bar.set_postfix(loss=f"{loss.item():.3f}")
-    vit.eval()
-    return {"loss": loss.item(), "seconds": time.perf_counter() - t0,
-            **evaluate_dense(vit, head, cfg.families, downsample_ratio)}
+    return loss.item()
 
 
 @torch.no_grad()
-def evaluate_dense(vit: InternViT, head: nn.Linear, families: tuple[str, ...], ratio: float, n: int = 64) -> dict:
+def evaluate_dense(token_logits: TokenLogits, families: tuple[str, ...], image_size: int, token_px: int,
+                   n: int = 64) -> dict:
     """Token accuracy on held-out scenes: over all tokens, and over the covered (non-background) ones."""
     seeds = list(range(TEST_SEED_START, TEST_SEED_START + n))
-    pixels, labels = dense_batch(seeds, families, vit.config.image_size, _token_px(vit, ratio))
-    pred = head(pixel_shuffle(vit(pixels), ratio)).argmax(-1)
+    pixels, labels = dense_batch(seeds, families, image_size, token_px)
+    pred = token_logits(pixels).argmax(-1)
     covered = labels > 0
     return {"token_accuracy": float((pred == labels).float().mean()),
             "object_token_accuracy": float((pred[covered] == labels[covered]).float().mean())}
+
+
+def pretrain_vision(vit: InternViT, cfg: VisionPretrainConfig, downsample_ratio: float = 0.5) -> dict:
+    """Train `vit` in place on dense token labels; returns the last loss and held-out token accuracy.
+
+    downsample_ratio: the model's pixel shuffle, so the head labels exactly the tokens the LLM gets.
+    """
+    head = nn.Linear(_token_dim(vit, downsample_ratio), len(LABELS))
+
+    def token_logits(pixels: Tensor) -> Tensor:
+        return head(pixel_shuffle(vit(pixels), downsample_ratio))
+
+    size, token_px = vit.config.image_size, _token_px(vit, downsample_ratio)
+    t0 = time.perf_counter()
+    vit.train()
+    loss = _train_dense(cfg, [*vit.parameters(), *head.parameters()], token_logits, size, token_px, "vision pretrain")
+    vit.eval()
+    return {"loss": loss, "seconds": time.perf_counter() - t0,
+            **evaluate_dense(token_logits, cfg.families, size, token_px)}
 
 
 def _token_px(vit: InternViT, ratio: float) -> int:
@@ -145,14 +160,11 @@ def _token_dim(vit: InternViT, ratio: float) -> int:
 
 
 @dataclass
-class AlignConfig:
+class AlignConfig(VisionPretrainConfig):
     steps: int = 150
-    batch_size: int = 32
     lr: float = 2e-3
     warmup_steps: int = 10
-    families: tuple[str, ...] = ("digits", "shapes")
-    background_weight: float = 0.2
-    progress: bool = True
+    weight_decay: float = 0.0
 
 
 def label_words(tokenizer: ChatTokenizer) -> Tensor:
@@ -176,32 +188,16 @@ def align_projector(model: InternVLModel, tokenizer: ChatTokenizer, cfg: AlignCo
         raise ValueError("projector alignment needs tied word embeddings (tie_word_embeddings=True)")
     vit, ratio = model.vision_model, model.config.downsample_ratio
     targets = label_words(tokenizer)
-    class_weight = torch.ones(len(LABELS))
-    class_weight[LABEL_ID["background"]] = cfg.background_weight
-    params = [*model.mlp1.parameters(), lm.output_weight]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.95), fused=True)
-    schedule = VisionPretrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, families=cfg.families)
-    vit.eval()
-    bar = tqdm(range(cfg.steps), disable=not cfg.progress, desc="projector alignment", unit="step")
-    t0, loss = time.perf_counter(), torch.tensor(float("nan"))
-    for step in bar:
-        seeds = list(range(step * cfg.batch_size, (step + 1) * cfg.batch_size))
-        pixels, labels = dense_batch(seeds, cfg.families, vit.config.image_size, _token_px(vit, ratio))
+
+    def token_logits(pixels: Tensor) -> Tensor:
         with torch.no_grad():
             feats = pixel_shuffle(vit(pixels), ratio)
-        logits = F.linear(model.mlp1(feats), lm.output_weight)[..., targets]  # scores of the label words only
-        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), weight=class_weight)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, schedule)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    with torch.no_grad():
-        seeds = list(range(TEST_SEED_START, TEST_SEED_START + 64))
-        pixels, labels = dense_batch(seeds, cfg.families, vit.config.image_size, _token_px(vit, ratio))
-        pred = F.linear(model.mlp1(pixel_shuffle(vit(pixels), ratio)), lm.output_weight)[..., targets].argmax(-1)
-        covered = labels > 0
-    return {"loss": loss.item(), "seconds": time.perf_counter() - t0,
-            "object_token_accuracy": float((pred[covered] == labels[covered]).float().mean())}
+        return F.linear(model.mlp1(feats), lm.output_weight)[..., targets]  # scores of the label words only
+
+    size, token_px = vit.config.image_size, _token_px(vit, ratio)
+    t0 = time.perf_counter()
+    vit.eval()
+    loss = _train_dense(cfg, [*model.mlp1.parameters(), lm.output_weight], token_logits, size, token_px,
+                        "projector alignment")
+    return {"loss": loss, "seconds": time.perf_counter() - t0,
+            **evaluate_dense(token_logits, cfg.families, size, token_px)}
