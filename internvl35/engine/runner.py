@@ -76,8 +76,11 @@ class ModelRunner:
         mask = None if min(pos_list) == L - 1 else (self.arange[:L][None] <= pos[:, None])[:, None, None]
         attn = AttentionInput(positions=pos[:, None], mask=mask, cache=self.cache.decode(pos, L))
         # The model's own steps up to the final norm; the vocabulary projection is the engine's
-        # OutputHead (same math, a CPU layout that is faster at several rows).
-        hidden, _ = self.model.language_model.model(self.model.embed(ids, None), attn)
+        # OutputHead (same math, a CPU layout that is faster at several rows). Decoded tokens are never
+        # <IMG_CONTEXT> (`sample` masks it), so the plain embedding lookup is exact and skips `embed`'s
+        # host-side count of image tokens, a device sync per step on a GPU.
+        lm = self.model.language_model.model
+        hidden, _ = lm(lm.embed_tokens(ids), attn)
         return self.head(hidden[:, -1])
 
     # ---- sampling and cache moves ----------------------------------------------------------------------
