@@ -17,9 +17,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
     try:
         yield Path(tmp)
+        # mkstemp makes 0600 files, and some writers (safetensors) recreate the file; give the usual
+        # permissions to whatever was written, so a shared checkpoint is readable like any other file.
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

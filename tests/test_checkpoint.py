@@ -115,3 +115,16 @@ def test_bf16_load_and_forward(saved):
         ref = load_model(path)(ids).logits
         out = model(ids).logits
     assert out.dtype == torch.bfloat16 and (out.float() - ref).abs().max() < 0.1
+
+
+def test_saved_files_get_the_usual_permissions_not_the_temp_files_0600(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        save_checkpoint(build_model(preset("tiny-test")), tmp_path / "ckpt")
+    finally:
+        os.umask(umask)
+    for f in (tmp_path / "ckpt").iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f.name
