@@ -154,3 +154,22 @@ def test_segment_attention_equals_block_mask():
         b = model(ids, attn=segmented).logits
         alone = torch.cat([model(x).logits for x in ids.split(lengths, dim=1)], dim=1)
     assert torch.allclose(a, b, atol=1e-5) and torch.allclose(b, alone, atol=1e-5)
+
+
+def test_kind_weights_shift_the_kinds_a_task_source_draws():
+    from collections import Counter
+
+    from internvl35.data.tokenizer import ChatTokenizer
+    from internvl35.train.data import TaskMix, TaskSource
+
+    tok = ChatTokenizer.from_dir("internvl35/assets/internvl35-tiny")
+    cfg = preset("tiny-test")
+    plain = Counter(TaskSource(tok, cfg, TaskMix(families=("digits",))).pick(i)[0].kind for i in range(300))
+    mix = TaskMix(families=("digits", "shapes"), kind_weights=(("digits/read", 8.0),))
+    assert mix.kind_probabilities("shapes") is None
+    assert mix.kind_probabilities("digits").tolist() == [8 / 12, 1 / 12, 1 / 12, 1 / 12, 1 / 12]
+    picked = [TaskSource(tok, cfg, mix).pick(i)[0] for i in range(300)]
+    digits = Counter(s.kind for s in picked if s.family == "digits")
+    assert digits["read"] / sum(digits.values()) > 0.55 > plain["read"] / sum(plain.values())
+    with pytest.raises(ValueError, match="chart/read"):
+        TaskMix(families=("digits",), kind_weights=(("chart/read", 2.0),))

@@ -93,3 +93,34 @@ def test_alignment_targets_are_the_label_words_and_need_tied_embeddings():
     untied = build_model(replace(cfg, text=replace(cfg.text, tie_word_embeddings=False)))
     with pytest.raises(ValueError, match="tied"):
         align_projector(untied, tok, AlignConfig(steps=1, progress=False))
+
+
+def test_symbolic_examples_write_each_image_token_as_the_word_of_what_covers_it():
+    from dataclasses import replace
+
+    from internvl35.data.inputs import build_inputs
+    from internvl35.data.tokenizer import ChatTokenizer
+    from internvl35.train.data import TaskMix, TaskSource, symbolic_example
+    from internvl35.train.vision_pretrain import label_words
+
+    tok = ChatTokenizer.from_dir("internvl35/assets/internvl35-tiny")
+    cfg = replace(preset("tiny-test"), image_token_id=tok.img_context_id)
+    cfg = replace(cfg, vision=replace(cfg.vision, image_size=224, patch_size=14))
+    sample = digits.generate(3, "read")
+    inputs = build_inputs(tok, cfg, sample.question, sample.images, answer=sample.answer)
+    ex = symbolic_example(inputs, sample, label_words(tok), cfg)
+    assert ex.pixel_values is None and ex.labels == inputs.labels
+    start = inputs.input_ids.index(tok.img_context_id)
+    grid = [tok.decode([i]) for i in ex.input_ids[start:start + 64]]
+    assert tok.img_context_id not in ex.input_ids
+    assert "".join(w for w in grid if w != ".") == sample.answer  # the digits, in reading order
+    row = {box[1] // 28 for box, _ in sample.layout}.pop()
+    assert all(w == "." for i, w in enumerate(grid) if i // 8 != row)  # background everywhere else
+    # The source renders about the requested share symbolically, and only samples that have a layout.
+    src = TaskSource(tok, cfg, TaskMix(families=("digits", "chart"), symbolic_ratio=0.5))
+    picks = [(src.pick(i)[0].family, src(i).pixel_values is None) for i in range(40)]
+    assert not any(symbolic for family, symbolic in picks if family == "chart")
+    assert 0 < sum(symbolic for family, symbolic in picks if family == "digits") < sum(f == "digits" for f, _ in picks)
+    wide = replace(sample, images=[sample.images[0].resize((448, 224))])
+    with pytest.raises(ValueError, match="one image of one 224-px tile"):
+        symbolic_example(build_inputs(tok, cfg, wide.question, wide.images), wide, label_words(tok), cfg)

@@ -50,6 +50,9 @@ class Sample:
     answer: str  # short final answer, the direct-style target
     rationale: str  # short derivation from the scene, the thinking-style reasoning
     target: dict  # JSON-able checker spec, see answers.score
+    # What covers the (single) image: pixel boxes (x0, y0, x1, y1), x1/y1 exclusive, with dense labels such as
+    # "digit 7"; None where the family does not say. Training uses it for symbolic renderings of the scene.
+    layout: list[tuple[tuple[int, int, int, int], str]] | None = None
 
 
 @dataclass(frozen=True)

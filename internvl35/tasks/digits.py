@@ -117,9 +117,10 @@ def _scene(rng: np.random.Generator, seed: int, size: int) -> tuple[Image.Image,
 def generate(seed: int, kind: str | None = None, size: int = 224) -> Sample:
     rng = rng_for(NAME, seed)
     kind = pick_kind(rng, KINDS, kind)
-    image, _, values = _scene(rng, seed, size)
+    image, boxes, values = _scene(rng, seed, size)
     question, answer, rationale, target = _question(kind, values)
-    return Sample(NAME, kind, [image], question, answer, rationale, target)
+    layout = [(box, f"digit {v}") for box, v in zip(boxes, values)]
+    return Sample(NAME, kind, [image], question, answer, rationale, target, layout)
 
 
 def _varied(index: int, cell: int, rng: np.random.Generator) -> tuple[Image.Image, tuple[int, int]]:

@@ -13,14 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from torch import Tensor
 
 from internvl35.config import InternVLConfig
 from internvl35.data.image import load_image
-from internvl35.data.inputs import build_inputs
+from internvl35.data.inputs import ModelInputs, build_inputs
 from internvl35.data.tiling import jpeg_augment
 from internvl35.data.tokenizer import ChatTokenizer
 from internvl35.tasks.base import FAMILIES, Sample, render_target, split_seeds
 from internvl35.train.packing import TrainExample
+from internvl35.train.vision_pretrain import label_words, patch_labels
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,9 @@ class TaskMix:
     weights: tuple[float, ...] | None = None  # relative; None = uniform
     thinking_ratio: float = 0.25
     jpeg_ratio: float = 0.0  # fraction of examples re-encoded as JPEG (quality 75-100)
+    symbolic_ratio: float = 0.0  # fraction of examples with a layout given as words instead of pixels
+    # Relative weights of some kinds within their family, e.g. (("digits/read", 3.0),); unnamed kinds weigh 1.
+    kind_weights: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.families if f not in FAMILIES]
@@ -36,9 +41,21 @@ class TaskMix:
             raise ValueError(f"unknown task families {unknown}; known: {sorted(FAMILIES)}")
         if self.weights is not None and len(self.weights) != len(self.families):
             raise ValueError(f"{len(self.weights)} weights for {len(self.families)} families")
+        known = {f"{f}/{k}" for f in self.families for k in FAMILIES[f].kinds}
+        unknown = [name for name, _ in self.kind_weights if name not in known]
+        if unknown:
+            raise ValueError(f"kind weights for {unknown}, which no family of this mix has")
 
     def probabilities(self) -> np.ndarray:
         w = np.ones(len(self.families)) if self.weights is None else np.asarray(self.weights, dtype=float)
+        return w / w.sum()
+
+    def kind_probabilities(self, family: str) -> np.ndarray | None:
+        """Probabilities of the family's kinds, or None to leave the choice to the family (uniform)."""
+        named = {name.split("/", 1)[1]: w for name, w in self.kind_weights if name.startswith(family + "/")}
+        if not named:
+            return None
+        w = np.array([named.get(k, 1.0) for k in FAMILIES[family].kinds])
         return w / w.sum()
 
 
@@ -48,11 +65,14 @@ class TaskSource:
     def __init__(self, tokenizer: ChatTokenizer, config: InternVLConfig, mix: TaskMix, seed: int = 0) -> None:
         self.tokenizer, self.config, self.mix, self.seed = tokenizer, config, mix, seed
         self._p = mix.probabilities()
+        self._words = label_words(tokenizer) if mix.symbolic_ratio else None
 
     def pick(self, index: int) -> tuple[Sample, bool, np.random.Generator]:
         rng = np.random.default_rng([self.seed, index])
         family = self.mix.families[int(rng.choice(len(self.mix.families), p=self._p))]
-        sample = FAMILIES[family].generate(split_seeds("train", 1, index)[0])
+        kinds, p = FAMILIES[family].kinds, self.mix.kind_probabilities(family)
+        kind = None if p is None else kinds[int(rng.choice(len(kinds), p=p))]
+        sample = FAMILIES[family].generate(split_seeds("train", 1, index)[0], kind)
         return sample, bool(rng.random() < self.mix.thinking_ratio), rng
 
     def __call__(self, index: int) -> TrainExample:
@@ -62,7 +82,35 @@ class TaskSource:
             images = [jpeg_augment(im, rng) for im in images]
         inputs = build_inputs(self.tokenizer, self.config, sample.question, images, thinking=thinking,
                               answer=render_target(sample, thinking))
+        if self._words is not None and symbolic_fits(sample, self.config) and rng.random() < self.mix.symbolic_ratio:
+            return symbolic_example(inputs, sample, self._words, self.config)
         return TrainExample(inputs.input_ids, inputs.labels, inputs.pixel_values)
+
+
+def symbolic_fits(sample: Sample, config: InternVLConfig) -> bool:
+    """Whether the sample can be written symbolically: a layout, and one image exactly one tile in size."""
+    size = config.vision.image_size
+    return sample.layout is not None and len(sample.images) == 1 and sample.images[0].size == (size, size)
+
+
+def symbolic_example(inputs: ModelInputs, sample: Sample, words: Tensor, config: InternVLConfig) -> TrainExample:
+    """The sample with each image token replaced by the word of what covers it ("7" for a 7, "." for background).
+
+    The language model then learns the task's logic on perfect perception, with no pixels and no vision
+    tower (about twice as many examples per second). The words are the ones stage 0b aligns the image
+    tokens with. `inputs` are the sample's model inputs; the sample must fit (`symbolic_fits`).
+    """
+    if not symbolic_fits(sample, config) or inputs.tiles_per_image != [1]:
+        raise ValueError(f"a symbolic rendering needs a layout and one image of one {config.vision.image_size}-px tile")
+    grid = patch_labels(sample.layout, config.vision.image_size,
+                        round(config.vision.patch_size / config.downsample_ratio))
+    ids = list(inputs.input_ids)
+    slots = [i for i, t in enumerate(ids) if t == config.image_token_id]
+    if len(slots) != grid.size:
+        raise ValueError(f"{len(slots)} image tokens but a {grid.size}-cell layout")
+    for i, label in zip(slots, grid):
+        ids[i] = int(words[label])
+    return TrainExample(ids, inputs.labels, None)
 
 
 class JsonlSource:
