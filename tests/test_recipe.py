@@ -23,6 +23,8 @@ def test_toy_recipe_trains_exports_and_chats(tmp_path):
         sft=dict(steps=3, examples_per_step=4, pack_tokens=1024, save_every=2, lr_scale={"vit": 0.5}),
         vision_pretrain=VisionPretrainConfig(steps=2, batch_size=2),
         align=AlignConfig(steps=2, batch_size=2),
+        warmup=(TaskMix(families=("digits",), symbolic_ratio=1.0),
+                dict(steps=2, examples_per_step=2, pack_tokens=1024, freeze=("vit", "mlp"))),
         focus=(TaskMix(families=("digits",)), dict(steps=2, examples_per_step=2, pack_tokens=1024)),
     )
     final = run_recipe(recipe, tmp_path / "run", progress=False)
@@ -33,6 +35,7 @@ def test_toy_recipe_trains_exports_and_chats(tmp_path):
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3
     assert len((tmp_path / "run" / "focus" / "metrics.jsonl").read_text().splitlines()) == 2  # stage 2 ran
+    assert len((tmp_path / "run" / "warmup" / "metrics.jsonl").read_text().splitlines()) == 2  # and the warm-up
     vl = InternVL.from_pretrained(final)
     from internvl35.tasks.base import make_split
 

@@ -9,6 +9,8 @@ from scratch by SFT on the synthetic task mix, sized so that the whole run fits 
    and shape scenes, standing in for InternViT's own pretraining;
 0b. projector alignment: mlp1 and the tied word embeddings learn to make each image token score its
    label's word ("7", "red");
+0c. optionally (`Recipe.warmup`), an SFT stage before stage 1, e.g. the language model alone on scenes
+   written as words (`TaskMix.symbolic_ratio`);
 1. SFT of the whole model on the task mix, the ViT at a reduced learning rate so its features survive
    the random language model's first gradients;
 2. optionally (`Recipe.focus`), a shorter SFT on a re-weighted mix.
@@ -49,7 +51,10 @@ class Recipe:
     sft: dict = field(default_factory=dict)  # SFTConfig fields other than out_dir
     vision_pretrain: VisionPretrainConfig | None = None  # stage 0; None = SFT from a random ViT
     align: AlignConfig | None = None  # stage 0b: projector -> word embeddings (needs tied embeddings)
-    focus: tuple[TaskMix, dict] | None = None  # stage 2: a shorter SFT on a re-weighted mix (mix, SFTConfig fields)
+    # Extra SFT stages, each (mix, SFTConfig fields): `warmup` runs before stage 1 (e.g. the language model alone
+    # on symbolic scenes), `focus` after it (a shorter SFT on a re-weighted mix).
+    warmup: tuple[TaskMix, dict] | None = None
+    focus: tuple[TaskMix, dict] | None = None
     vocab_size: int = 1024
     max_dynamic_patch: int = 6
     tokenizer_samples: int = 400  # per family
@@ -63,17 +68,22 @@ TINY = Recipe(
     text=TextConfig(vocab_size=1024, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                     num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=4096,
                     rope_theta=10000.0, tie_word_embeddings=True),
-    mix=TaskMix(weights=(4, 1, 1.5, 1, 1, 1), thinking_ratio=0.25),  # digits weighted up: the 90% target
-    sft=dict(steps=950, examples_per_step=24, lr=1.5e-3, warmup_ratio=0.03, min_lr_ratio=0.05, pack_tokens=1536,
+    # Digits weighted up (the 90% target), reading within them; half of the digit scenes come as words, which
+    # keeps the warm-up's reading skill alive while the model learns to do the same from pixels.
+    mix=TaskMix(weights=(4, 1, 1.5, 1, 1, 1), thinking_ratio=0.25, symbolic_ratio=0.5,
+                kind_weights=(("digits/read", 2.0),)),
+    sft=dict(steps=550, examples_per_step=24, lr=1.5e-3, warmup_ratio=0.03, min_lr_ratio=0.05, pack_tokens=1536,
              rows_per_micro=4, save_every=100, lr_scale={"vit": 0.2}),
     vision_pretrain=VisionPretrainConfig(steps=450, batch_size=32, lr=1e-3,
                                          families=("digits", "digits", "digits", "shapes")),
     align=AlignConfig(steps=150, batch_size=32, families=("digits", "digits", "digits", "shapes")),
-    # Once stage 1 has taught the model to look, digits-heavy steps move digit skills fast; the other
-    # families keep 45% of the examples so they are not forgotten (digits-only steps forgot them).
-    focus=(TaskMix(weights=(6, 1, 1, 1, 1, 1), thinking_ratio=0.25),
-           dict(steps=200, examples_per_step=24, lr=5e-4, warmup_ratio=0.05, min_lr_ratio=0.1, pack_tokens=1536,
-                rows_per_micro=4, save_every=100, lr_scale={"vit": 0.2})),
+    # The language model alone learns the digit questions on scenes written as words. From pixels alone a
+    # random language model answers every reading question with one constant for hundreds of steps; after
+    # this stage it reads images within ~100 steps (docs/results.md).
+    warmup=(TaskMix(families=("digits",), thinking_ratio=0.25, symbolic_ratio=1.0,
+                    kind_weights=(("digits/read", 3.0),)),
+            dict(steps=450, examples_per_step=24, lr=1.5e-3, warmup_ratio=0.03, min_lr_ratio=0.05, pack_tokens=1536,
+                 rows_per_micro=4, save_every=150, freeze=("vit", "mlp"))),
 )
 RECIPES = {"tiny": TINY}
 
@@ -104,23 +114,28 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, steps: int | None = None,
     config = model_config(recipe, tokenizer)
     torch.manual_seed(seed)
     model = build_model(config)
-    if latest_checkpoint(out / "checkpoints") is None:  # SFT resumes with everything; stages 0/0b are done
+    resumable = [out / "checkpoints", out / "warmup" / "checkpoints"]
+    if all(latest_checkpoint(d) is None for d in resumable):  # SFT resumes with everything; stages 0/0b are done
         if recipe.vision_pretrain is not None:
             vision_stage(model, recipe.vision_pretrain, out, progress)
         if recipe.align is not None:
             align_stage(model, tokenizer, recipe.align, out, progress)
-    sft = SFTConfig(out_dir=str(out), progress=progress, extra={"recipe": recipe.name},
-                    **{**recipe.sft, **({"steps": steps} if steps else {})})
-    SFTTrainer(model, TaskSource(tokenizer, config, recipe.mix, seed), sft, pad_id=tokenizer.pad_id).run()
-    meta = {"recipe": recipe.name, "sft": asdict(sft), "mix": asdict(recipe.mix), "seed": seed,
-            "vision_pretrain": _read_json(out / "vision_pretrain.json"), "align": _read_json(out / "align.json")}
-    if recipe.focus is not None:
-        mix, fields = recipe.focus
-        # Continues the example stream after stage 1, so stage 2 sees fresh samples.
-        focus = SFTConfig(out_dir=str(out / "focus"), progress=progress, extra={"recipe": recipe.name, "stage": 2},
-                          start_example=sft.steps * sft.examples_per_step, **fields)
-        SFTTrainer(model, TaskSource(tokenizer, config, mix, seed), focus, pad_id=tokenizer.pad_id).run()
-        meta["focus"] = {"mix": asdict(mix), "sft": asdict(focus)}
+    meta = {"recipe": recipe.name, "seed": seed, "vision_pretrain": _read_json(out / "vision_pretrain.json"),
+            "align": _read_json(out / "align.json")}
+    # Each SFT stage continues the example stream of the one before, so every stage sees fresh samples.
+    # Stage 1 keeps the run directory itself; the others work in a subdirectory named after them.
+    stages = [("warmup", recipe.warmup), ("sft", (recipe.mix, {**recipe.sft, **({"steps": steps} if steps else {})})),
+              ("focus", recipe.focus)]
+    start = 0
+    for name, stage in stages:
+        if stage is None:
+            continue
+        mix, fields = stage
+        cfg = SFTConfig(out_dir=str(out if name == "sft" else out / name), progress=progress, start_example=start,
+                        extra={"recipe": recipe.name, "stage": name}, **fields)
+        SFTTrainer(model, TaskSource(tokenizer, config, mix, seed), cfg, pad_id=tokenizer.pad_id).run()
+        meta[name] = {"mix": asdict(mix), "sft": asdict(cfg)}
+        start += cfg.steps * cfg.examples_per_step
     final = Path(export) if export else out / "final"
     export_model(model, tokenizer, final, out, recipe.export_dtype, meta)
     return final
