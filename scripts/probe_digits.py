@@ -10,6 +10,7 @@ the symbolic rendering of `train/data.py`). One JSON line per evaluation. The ru
     python scripts/probe_digits.py RUN /tmp/e6 --freeze vit --init /tmp/e4/checkpoints/step-000300/model.safetensors \\
         --start-example 100000 --steps 200 --every 50
     python scripts/probe_digits.py RUN /tmp/e7 --freeze vit --start-example 100000 --steps 200 --every 50
+    python scripts/probe_digits.py RUN /tmp/e11 --symbolic 1 --freeze vit,mlp --kinds read --n 100 --max-train-digits 8
 """
 
 from __future__ import annotations
@@ -51,7 +52,11 @@ def main() -> None:
     ap.add_argument("--init", default=None, help="a full model state to start from")
     ap.add_argument("--start-example", type=int, default=0)
     ap.add_argument("--n", type=int, default=40, help="held-out samples per kind")
+    ap.add_argument("--max-train-digits", type=int, default=4,
+                    help="train lines hold 2..this many digits (the task, and every test line, has 2-4)")
     a = ap.parse_args()
+    if a.max_train_digits != 4:
+        _lengthen_train_lines(a.max_train_digits)
 
     tok = ChatTokenizer.from_dir(Path(a.run) / "tokenizer")
     config = model_config(TINY, tok)
@@ -91,6 +96,23 @@ def main() -> None:
             row[f"words_{kind}"] = _accuracy(samples, [tok.decode(o) for o in vl.generate(prompts, params)])
         model.train()
         print(json.dumps(row), flush=True)
+
+
+def _lengthen_train_lines(max_digits: int) -> None:
+    """Probe only: train-split digit lines hold 2..max_digits glyphs; test lines keep the task's 2-4."""
+    from internvl35.tasks.base import split_of
+
+    if not 2 <= max_digits <= digits.CELLS:
+        raise SystemExit(f"--max-train-digits must be in 2..{digits.CELLS}")
+
+    def scene(rng, seed, size):
+        n = int(rng.integers(2, (max_digits if split_of(seed) == "train" else 4) + 1))
+        pool = digits.pool_indices(split_of(seed))
+        indices = [pool[int(i)] for i in rng.choice(len(pool), size=n, replace=False)]
+        image, boxes = digits._render(indices, size, rng)
+        return image, boxes, [int(digits._pool()[1][i]) for i in indices]
+
+    digits._scene = scene
 
 
 def _accuracy(samples, outputs) -> float:
