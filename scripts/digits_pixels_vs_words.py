@@ -1,0 +1,61 @@
+"""Score a model's digit questions from pixels and from the same scenes written as words, by line length.
+
+    python scripts/digits_pixels_vs_words.py internvl35/assets/internvl35-tiny            # the shipped model
+    python scripts/digits_pixels_vs_words.py MODEL_DIR --state CKPT/model.safetensors     # another state, same config
+
+Held-out seeds 0..n-1 of the test split for each kind (read, largest, sum), greedy. "Words" replaces every
+image token by the word of what covers it (`train/data.py`, `symbolic_example`): perfect perception,
+so it measures the language model's own skill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from internvl35.api import InternVL  # noqa: E402
+from internvl35.data.inputs import build_inputs  # noqa: E402
+from internvl35.engine.sampling import SamplingParams  # noqa: E402
+from internvl35.tasks import digits  # noqa: E402
+from internvl35.tasks.base import FAMILIES, split_seeds  # noqa: E402
+from internvl35.train.data import symbolic_example  # noqa: E402
+from internvl35.train.vision_pretrain import label_words  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("model", help="model directory")
+    ap.add_argument("--state", default=None, help="a full model state (safetensors) to load over it")
+    ap.add_argument("--n", type=int, default=200, help="held-out samples per kind")
+    a = ap.parse_args()
+    vl = InternVL.from_pretrained(a.model)
+    if a.state:
+        vl.model.load_state_dict(load_file(a.state))
+    tok, config = vl.tokenizer, vl.model.config
+    params, words = SamplingParams(max_new_tokens=12), label_words(tok)
+    score = FAMILIES["digits"].score
+    for kind in ("read", "largest", "sum"):
+        samples = [digits.generate(s, kind) for s in split_seeds("test", a.n)]
+        pixels = vl.batch_chat([s.question for s in samples], [s.images for s in samples], params=params)
+        prompts = [symbolic_example(build_inputs(tok, config, s.question, s.images), s, words, config).input_ids
+                   for s in samples]
+        worded = [tok.decode(ids) for ids in vl.generate(prompts, params)]
+        by_length: dict[int, list[float]] = {}
+        for s, out in zip(samples, pixels):
+            by_length.setdefault(len(s.layout), []).append(score(s, out))
+        lengths = " / ".join(f"{n}: {sum(v) / len(v):.0%}" for n, v in sorted(by_length.items()))
+        print(f"{kind}: pixels {_mean(score, samples, pixels):.1%}, words {_mean(score, samples, worded):.1%}; "
+              f"pixels by number of digits {lengths}")
+
+
+def _mean(score, samples, outputs) -> float:
+    return sum(score(s, o) for s, o in zip(samples, outputs)) / len(samples)
+
+
+if __name__ == "__main__":
+    main()
