@@ -22,7 +22,7 @@ from internvl35.data.tiling import jpeg_augment
 from internvl35.data.tokenizer import ChatTokenizer
 from internvl35.tasks.base import FAMILIES, Sample, render_target, split_seeds
 from internvl35.train.packing import TrainExample
-from internvl35.train.vision_pretrain import label_words, patch_labels
+from internvl35.train.vision_pretrain import label_words, patch_labels, token_px
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def symbolic_example(inputs: ModelInputs, sample: Sample, words: Tensor, config:
     if not symbolic_fits(sample, config) or inputs.tiles_per_image != [1]:
         raise ValueError(f"a symbolic rendering needs a layout and one image of one {config.vision.image_size}-px tile")
     grid = patch_labels(sample.layout, config.vision.image_size,
-                        round(config.vision.patch_size / config.downsample_ratio))
+                        token_px(config.vision.patch_size, config.downsample_ratio))
     ids = list(inputs.input_ids)
     slots = [i for i, t in enumerate(ids) if t == config.image_token_id]
     if len(slots) != grid.size:

@@ -114,8 +114,8 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, steps: int | None = None,
     config = model_config(recipe, tokenizer)
     torch.manual_seed(seed)
     model = build_model(config)
-    resumable = [out / "checkpoints", out / "warmup" / "checkpoints"]
-    if all(latest_checkpoint(d) is None for d in resumable):  # SFT resumes with everything; stages 0/0b are done
+    started = [latest_checkpoint(_stage_dir(out, name) / "checkpoints") for name in ("warmup", "sft")]
+    if started == [None, None]:  # an SFT checkpoint resumes with everything; stages 0/0b are done
         if recipe.vision_pretrain is not None:
             vision_stage(model, recipe.vision_pretrain, out, progress)
         if recipe.align is not None:
@@ -123,7 +123,6 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, steps: int | None = None,
     meta = {"recipe": recipe.name, "seed": seed, "vision_pretrain": _read_json(out / "vision_pretrain.json"),
             "align": _read_json(out / "align.json")}
     # Each SFT stage continues the example stream of the one before, so every stage sees fresh samples.
-    # Stage 1 keeps the run directory itself; the others work in a subdirectory named after them.
     stages = [("warmup", recipe.warmup), ("sft", (recipe.mix, {**recipe.sft, **({"steps": steps} if steps else {})})),
               ("focus", recipe.focus)]
     start = 0
@@ -131,7 +130,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, steps: int | None = None,
         if stage is None:
             continue
         mix, fields = stage
-        cfg = SFTConfig(out_dir=str(out if name == "sft" else out / name), progress=progress, start_example=start,
+        cfg = SFTConfig(out_dir=str(_stage_dir(out, name)), progress=progress, start_example=start,
                         extra={"recipe": recipe.name, "stage": name}, **fields)
         SFTTrainer(model, TaskSource(tokenizer, config, mix, seed), cfg, pad_id=tokenizer.pad_id).run()
         meta[name] = {"mix": asdict(mix), "sft": asdict(cfg)}
@@ -139,6 +138,11 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, steps: int | None = None,
     final = Path(export) if export else out / "final"
     export_model(model, tokenizer, final, out, recipe.export_dtype, meta)
     return final
+
+
+def _stage_dir(out: Path, name: str) -> Path:
+    """Where an SFT stage works: stage 1 in the run directory itself, the others in a subdirectory named after them."""
+    return out if name == "sft" else out / name
 
 
 def vision_stage(model: InternVLModel, cfg: VisionPretrainConfig, out: Path, progress: bool) -> None:

@@ -95,7 +95,7 @@ TokenLogits = Callable[[Tensor], Tensor]  # pixels (B, 3, S, S) -> per-token lab
 
 
 def _train_dense(cfg: VisionPretrainConfig, params: list[Tensor], token_logits: TokenLogits, image_size: int,
-                 token_px: int, desc: str) -> float:
+                 cell: int, desc: str) -> float:
     """The loop both stages share: weighted cross-entropy of token labels on train scenes; returns the last loss."""
     class_weight = torch.ones(len(LABELS))
     class_weight[LABEL_ID["background"]] = cfg.background_weight
@@ -104,7 +104,7 @@ def _train_dense(cfg: VisionPretrainConfig, params: list[Tensor], token_logits: 
     bar = tqdm(range(cfg.steps), disable=not cfg.progress, desc=desc, unit="step")
     for step in bar:
         seeds = list(range(step * cfg.batch_size, (step + 1) * cfg.batch_size))
-        pixels, labels = dense_batch(seeds, cfg.families, image_size, token_px)
+        pixels, labels = dense_batch(seeds, cfg.families, image_size, cell)
         loss = F.cross_entropy(token_logits(pixels).flatten(0, 1), labels.flatten(), weight=class_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -117,11 +117,11 @@ def _train_dense(cfg: VisionPretrainConfig, params: list[Tensor], token_logits: 
 
 
 @torch.no_grad()
-def evaluate_dense(token_logits: TokenLogits, families: tuple[str, ...], image_size: int, token_px: int,
+def evaluate_dense(token_logits: TokenLogits, families: tuple[str, ...], image_size: int, cell: int,
                    n: int = 64) -> dict:
     """Token accuracy on held-out scenes: over all tokens, and over the covered (non-background) ones."""
     seeds = list(range(TEST_SEED_START, TEST_SEED_START + n))
-    pixels, labels = dense_batch(seeds, families, image_size, token_px)
+    pixels, labels = dense_batch(seeds, families, image_size, cell)
     pred = token_logits(pixels).argmax(-1)
     covered = labels > 0
     return {"token_accuracy": float((pred == labels).float().mean()),
@@ -138,18 +138,18 @@ def pretrain_vision(vit: InternViT, cfg: VisionPretrainConfig, downsample_ratio:
     def token_logits(pixels: Tensor) -> Tensor:
         return head(pixel_shuffle(vit(pixels), downsample_ratio))
 
-    size, token_px = vit.config.image_size, _token_px(vit, downsample_ratio)
+    size, cell = vit.config.image_size, token_px(vit.config.patch_size, downsample_ratio)
     t0 = time.perf_counter()
     vit.train()
-    loss = _train_dense(cfg, [*vit.parameters(), *head.parameters()], token_logits, size, token_px, "vision pretrain")
+    loss = _train_dense(cfg, [*vit.parameters(), *head.parameters()], token_logits, size, cell, "vision pretrain")
     vit.eval()
     return {"loss": loss, "seconds": time.perf_counter() - t0,
-            **evaluate_dense(token_logits, cfg.families, size, token_px)}
+            **evaluate_dense(token_logits, cfg.families, size, cell)}
 
 
-def _token_px(vit: InternViT, ratio: float) -> int:
+def token_px(patch_size: int, ratio: float) -> int:
     """Side in pixels of the square one image token covers (28 px for 14-px patches at ratio 0.5)."""
-    return round(vit.config.patch_size / ratio)
+    return round(patch_size / ratio)
 
 
 def _token_dim(vit: InternViT, ratio: float) -> int:
@@ -194,10 +194,10 @@ def align_projector(model: InternVLModel, tokenizer: ChatTokenizer, cfg: AlignCo
             feats = pixel_shuffle(vit(pixels), ratio)
         return F.linear(model.mlp1(feats), lm.output_weight)[..., targets]  # scores of the label words only
 
-    size, token_px = vit.config.image_size, _token_px(vit, ratio)
+    size, cell = vit.config.image_size, token_px(vit.config.patch_size, ratio)
     t0 = time.perf_counter()
     vit.eval()
-    loss = _train_dense(cfg, [*model.mlp1.parameters(), lm.output_weight], token_logits, size, token_px,
+    loss = _train_dense(cfg, [*model.mlp1.parameters(), lm.output_weight], token_logits, size, cell,
                         "projector alignment")
     return {"loss": loss, "seconds": time.perf_counter() - t0,
-            **evaluate_dense(token_logits, cfg.families, size, token_px)}
+            **evaluate_dense(token_logits, cfg.families, size, cell)}
