@@ -22,9 +22,32 @@ from internvl35.api import InternVL  # noqa: E402
 from internvl35.data.inputs import build_inputs  # noqa: E402
 from internvl35.engine.sampling import SamplingParams  # noqa: E402
 from internvl35.tasks import digits  # noqa: E402
-from internvl35.tasks.base import FAMILIES, split_seeds  # noqa: E402
+from internvl35.tasks.base import FAMILIES, Sample, split_seeds  # noqa: E402
 from internvl35.train.data import symbolic_example  # noqa: E402
 from internvl35.train.vision_pretrain import label_words  # noqa: E402
+
+PARAMS = SamplingParams(max_new_tokens=12)  # greedy; the longest digit answer is a few tokens
+
+
+def answer_from_pixels(vl: InternVL, samples: list[Sample]) -> list[str]:
+    return vl.batch_chat([s.question for s in samples], [s.images for s in samples], params=PARAMS)
+
+
+def answer_from_words(vl: InternVL, samples: list[Sample]) -> list[str]:
+    """The same questions with each image token written as the word of what covers it."""
+    tok, config = vl.tokenizer, vl.model.config
+    words = label_words(tok)
+    prompts = [symbolic_example(build_inputs(tok, config, s.question, s.images), s, words, config).input_ids
+               for s in samples]
+    return [tok.decode(ids) for ids in vl.generate(prompts, PARAMS)]
+
+
+def scores(samples: list[Sample], outputs: list[str]) -> list[float]:
+    return [FAMILIES["digits"].score(s, o) for s, o in zip(samples, outputs)]
+
+
+def accuracy(samples: list[Sample], outputs: list[str]) -> float:
+    return sum(scores(samples, outputs)) / len(samples)
 
 
 def main() -> None:
@@ -36,25 +59,16 @@ def main() -> None:
     vl = InternVL.from_pretrained(a.model)
     if a.state:
         vl.model.load_state_dict(load_file(a.state))
-    tok, config = vl.tokenizer, vl.model.config
-    params, words = SamplingParams(max_new_tokens=12), label_words(tok)
-    score = FAMILIES["digits"].score
     for kind in ("read", "largest", "sum"):
         samples = [digits.generate(s, kind) for s in split_seeds("test", a.n)]
-        pixels = vl.batch_chat([s.question for s in samples], [s.images for s in samples], params=params)
-        prompts = [symbolic_example(build_inputs(tok, config, s.question, s.images), s, words, config).input_ids
-                   for s in samples]
-        worded = [tok.decode(ids) for ids in vl.generate(prompts, params)]
+        pixels = answer_from_pixels(vl, samples)
         by_length: dict[int, list[float]] = {}
-        for s, out in zip(samples, pixels):
-            by_length.setdefault(len(s.layout), []).append(score(s, out))
+        for s, score in zip(samples, scores(samples, pixels)):
+            by_length.setdefault(len(s.layout), []).append(score)
         lengths = " / ".join(f"{n}: {sum(v) / len(v):.0%}" for n, v in sorted(by_length.items()))
-        print(f"{kind}: pixels {_mean(score, samples, pixels):.1%}, words {_mean(score, samples, worded):.1%}; "
+        words = answer_from_words(vl, samples)
+        print(f"{kind}: pixels {accuracy(samples, pixels):.1%}, words {accuracy(samples, words):.1%}; "
               f"pixels by number of digits {lengths}")
-
-
-def _mean(score, samples, outputs) -> float:
-    return sum(score(s, o) for s, o in zip(samples, outputs)) / len(samples)
 
 
 if __name__ == "__main__":

@@ -25,18 +25,18 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from digits_pixels_vs_words import accuracy, answer_from_pixels, answer_from_words  # noqa: E402
 
 from internvl35.api import InternVL  # noqa: E402
 from internvl35.checkpoint import build_model  # noqa: E402
-from internvl35.data.inputs import build_inputs  # noqa: E402
 from internvl35.data.tokenizer import ChatTokenizer  # noqa: E402
-from internvl35.engine.sampling import SamplingParams  # noqa: E402
 from internvl35.tasks import digits  # noqa: E402
-from internvl35.tasks.base import FAMILIES, split_seeds  # noqa: E402
-from internvl35.train.data import TaskMix, TaskSource, symbolic_example  # noqa: E402
+from internvl35.tasks.base import split_seeds  # noqa: E402
+from internvl35.train.data import TaskMix, TaskSource  # noqa: E402
 from internvl35.train.recipe import TINY, model_config  # noqa: E402
 from internvl35.train.sft import SFTConfig, SFTTrainer  # noqa: E402
-from internvl35.train.vision_pretrain import label_words  # noqa: E402
 
 
 def main() -> None:
@@ -76,8 +76,6 @@ def main() -> None:
                     start_example=a.start_example)
     trainer = SFTTrainer(model, TaskSource(tok, config, mix), cfg, pad_id=tok.pad_id)
     test = {k: [digits.generate(s, k) for s in split_seeds("test", a.n)] for k in digits.KINDS}
-    words = label_words(tok)
-    params = SamplingParams(max_new_tokens=12)
     for stop in range(a.every, a.steps + 1, a.every):
         t0 = time.perf_counter()
         trainer.run(stop_after=stop)
@@ -85,15 +83,12 @@ def main() -> None:
         vl = InternVL(model, tok)
         row: dict = {"step": stop, "train_s": round(t1 - t0, 1)}
         for kind, samples in test.items():
-            outs = vl.batch_chat([s.question for s in samples], [s.images for s in samples], params=params)
-            row[kind] = _accuracy(samples, outs)
+            outs = answer_from_pixels(vl, samples)
+            row[kind] = accuracy(samples, outs)
             if kind == "read":
                 row["read_examples"] = [(s.answer, o) for s, o in zip(samples[:4], outs)]
         for kind in ("read", "sum"):
-            samples = test[kind]
-            prompts = [symbolic_example(build_inputs(tok, config, s.question, s.images), s, words, config).input_ids
-                       for s in samples]
-            row[f"words_{kind}"] = _accuracy(samples, [tok.decode(o) for o in vl.generate(prompts, params)])
+            row[f"words_{kind}"] = accuracy(test[kind], answer_from_words(vl, test[kind]))
         model.train()
         print(json.dumps(row), flush=True)
 
@@ -104,19 +99,13 @@ def _lengthen_train_lines(max_digits: int) -> None:
 
     if not 2 <= max_digits <= digits.CELLS:
         raise SystemExit(f"--max-train-digits must be in 2..{digits.CELLS}")
+    task_scene = digits._scene
 
     def scene(rng, seed, size):
-        n = int(rng.integers(2, (max_digits if split_of(seed) == "train" else 4) + 1))
-        pool = digits.pool_indices(split_of(seed))
-        indices = [pool[int(i)] for i in rng.choice(len(pool), size=n, replace=False)]
-        image, boxes = digits._render(indices, size, rng)
-        return image, boxes, [int(digits._pool()[1][i]) for i in indices]
+        return task_scene(rng, seed, size, max_digits if split_of(seed) == "train" else 4)
 
     digits._scene = scene
 
-
-def _accuracy(samples, outputs) -> float:
-    return sum(FAMILIES["digits"].score(s, o) for s, o in zip(samples, outputs)) / len(samples)
 
 
 if __name__ == "__main__":

@@ -106,8 +106,9 @@ def _question(kind: str, values: list[int]) -> tuple[str, str, str, dict]:
     return q, str(n), why, {"type": "number", "value": n}
 
 
-def _scene(rng: np.random.Generator, seed: int, size: int) -> tuple[Image.Image, list[Box], list[int]]:
-    n = int(rng.integers(2, 5))
+def _scene(rng: np.random.Generator, seed: int, size: int,
+           max_digits: int = 4) -> tuple[Image.Image, list[Box], list[int]]:
+    n = int(rng.integers(2, max_digits + 1))
     pool = pool_indices(split_of(seed))
     indices = [pool[int(i)] for i in rng.choice(len(pool), size=n, replace=False)]
     image, boxes = _render(indices, size, rng)
