@@ -55,8 +55,6 @@ def main() -> None:
     ap.add_argument("--max-train-digits", type=int, default=4,
                     help="train lines hold 2..this many digits (the task, and every test line, has 2-4)")
     a = ap.parse_args()
-    if a.max_train_digits != 4:
-        _lengthen_train_lines(a.max_train_digits)
 
     tok = ChatTokenizer.from_dir(Path(a.run) / "tokenizer")
     config = model_config(TINY, tok)
@@ -68,8 +66,10 @@ def main() -> None:
         model.load_state_dict(load_file(a.init))
     # "Only these kinds" is a kind weight far above the others' 1 (0 is not a valid weight).
     kinds = [k for k in a.kinds.split(",") if k]
+    lengthen = () if a.max_train_digits == 4 else tuple((f"digits/{k}", {"max_digits": a.max_train_digits})
+                                                        for k in digits.KINDS)
     mix = TaskMix(families=("digits",), thinking_ratio=0.25, symbolic_ratio=a.symbolic,
-                  kind_weights=tuple((f"digits/{k}", 1e9) for k in kinds))
+                  kind_weights=tuple((f"digits/{k}", 1e9) for k in kinds), kind_options=lengthen)
     cfg = SFTConfig(out_dir=a.out, steps=a.steps, examples_per_step=24, lr=a.lr, warmup_ratio=0.03,
                     min_lr_ratio=0.05, pack_tokens=1536, rows_per_micro=4, save_every=a.every,
                     lr_scale={"vit": 0.2}, freeze=tuple(f for f in a.freeze.split(",") if f), progress=False,
@@ -91,21 +91,6 @@ def main() -> None:
             row[f"words_{kind}"] = accuracy(test[kind], answer_from_words(vl, test[kind]))
         model.train()
         print(json.dumps(row), flush=True)
-
-
-def _lengthen_train_lines(max_digits: int) -> None:
-    """Probe only: train-split digit lines hold 2..max_digits glyphs; test lines keep the task's 2-4."""
-    from internvl35.tasks.base import split_of
-
-    if not 2 <= max_digits <= digits.CELLS:
-        raise SystemExit(f"--max-train-digits must be in 2..{digits.CELLS}")
-    task_scene = digits._scene
-
-    def scene(rng, seed, size):
-        return task_scene(rng, seed, size, max_digits if split_of(seed) == "train" else 4)
-
-    digits._scene = scene
-
 
 
 if __name__ == "__main__":

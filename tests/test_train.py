@@ -173,3 +173,23 @@ def test_kind_weights_shift_the_kinds_a_task_source_draws():
     assert digits["read"] / sum(digits.values()) > 0.55 > plain["read"] / sum(plain.values())
     with pytest.raises(ValueError, match="chart/read"):
         TaskMix(families=("digits",), kind_weights=(("chart/read", 2.0),))
+
+
+def test_kind_options_lengthen_only_the_named_kind():
+    from internvl35.data.tokenizer import ChatTokenizer
+    from internvl35.tasks import digits
+    from internvl35.train.data import TaskMix, TaskSource
+
+    tok = ChatTokenizer.from_dir("internvl35/assets/internvl35-tiny")
+    mix = TaskMix(families=("digits",), kind_options=(("digits/read", {"max_digits": 8}),))
+    assert mix.kind_probabilities("digits").tolist() == [0.2] * 5  # the kind is drawn before the generator runs
+    picked = [TaskSource(tok, preset("tiny-test"), mix).pick(i)[0] for i in range(200)]
+    lengths = {kind: {len(s.layout) for s in picked if s.kind == kind} for kind in digits.KINDS}
+    assert lengths["read"] == set(range(2, 9))
+    assert all(lengths[k] == {2, 3, 4} for k in digits.KINDS if k != "read")
+    long = digits.generate(3, "read", max_digits=8)
+    assert len(long.answer) == len(long.layout) and long.answer == "".join(lab[-1] for _, lab in long.layout)
+    with pytest.raises(ValueError, match="max_digits"):
+        digits.generate(3, "read", max_digits=9)
+    with pytest.raises(ValueError, match="kind options for \\['digits/reading'\\]"):
+        TaskMix(families=("digits",), kind_options=(("digits/reading", {"max_digits": 8}),))

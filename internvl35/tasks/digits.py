@@ -115,10 +115,13 @@ def _scene(rng: np.random.Generator, seed: int, size: int,
     return image, boxes, [int(_pool()[1][i]) for i in indices]
 
 
-def generate(seed: int, kind: str | None = None, size: int = 224) -> Sample:
+def generate(seed: int, kind: str | None = None, size: int = 224, max_digits: int = 4) -> Sample:
+    """A digits sample; `max_digits` (2..CELLS) lengthens the line, for training only: the task is 2-4."""
+    if not 2 <= max_digits <= CELLS:
+        raise ValueError(f"max_digits must be in 2..{CELLS}, got {max_digits}")
     rng = rng_for(NAME, seed)
     kind = pick_kind(rng, KINDS, kind)
-    image, boxes, values = _scene(rng, seed, size)
+    image, boxes, values = _scene(rng, seed, size, max_digits)
     question, answer, rationale, target = _question(kind, values)
     layout = [(box, f"digit {v}") for box, v in zip(boxes, values)]
     return Sample(NAME, kind, [image], question, answer, rationale, target, layout)

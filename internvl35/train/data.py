@@ -34,6 +34,9 @@ class TaskMix:
     symbolic_ratio: float = 0.0  # fraction of examples with a layout given as words instead of pixels
     # Relative weights of some kinds within their family, e.g. (("digits/read", 3.0),); unnamed kinds weigh 1.
     kind_weights: tuple[tuple[str, float], ...] = ()
+    # Keyword arguments for some kinds' generators, e.g. (("digits/read", {"max_digits": 8}),): longer lines than
+    # the task's teach the reading lookup faster (docs/results.md, E11). The test split never sees them.
+    kind_options: tuple[tuple[str, dict], ...] = ()
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.families if f not in FAMILIES]
@@ -42,9 +45,10 @@ class TaskMix:
         if self.weights is not None and len(self.weights) != len(self.families):
             raise ValueError(f"{len(self.weights)} weights for {len(self.families)} families")
         known = {f"{f}/{k}" for f in self.families for k in FAMILIES[f].kinds}
-        unknown = [name for name, _ in self.kind_weights if name not in known]
-        if unknown:
-            raise ValueError(f"kind weights for {unknown}, which no family of this mix has")
+        for what, named in (("kind weights", self.kind_weights), ("kind options", self.kind_options)):
+            unknown = [name for name, _ in named if name not in known]
+            if unknown:
+                raise ValueError(f"{what} for {unknown}, which no family of this mix has")
 
     def probabilities(self) -> np.ndarray:
         w = np.ones(len(self.families)) if self.weights is None else np.asarray(self.weights, dtype=float)
@@ -53,8 +57,8 @@ class TaskMix:
     def kind_probabilities(self, family: str) -> np.ndarray | None:
         """Probabilities of the family's kinds, or None to leave the choice to the family (uniform)."""
         named = {name.split("/", 1)[1]: w for name, w in self.kind_weights if name.startswith(family + "/")}
-        if not named:
-            return None
+        if not named and not any(name.startswith(family + "/") for name, _ in self.kind_options):
+            return None  # with options for some kind, the kind is drawn here, before the generator runs
         w = np.array([named.get(k, 1.0) for k in FAMILIES[family].kinds])
         return w / w.sum()
 
@@ -72,7 +76,8 @@ class TaskSource:
         family = self.mix.families[int(rng.choice(len(self.mix.families), p=self._p))]
         kinds, p = FAMILIES[family].kinds, self.mix.kind_probabilities(family)
         kind = None if p is None else kinds[int(rng.choice(len(kinds), p=p))]
-        sample = FAMILIES[family].generate(split_seeds("train", 1, index)[0], kind)
+        options = dict(self.mix.kind_options).get(f"{family}/{kind}", {})
+        sample = FAMILIES[family].generate(split_seeds("train", 1, index)[0], kind, **options)
         return sample, bool(rng.random() < self.mix.thinking_ratio), rng
 
     def __call__(self, index: int) -> TrainExample:
