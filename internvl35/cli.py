@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from internvl35.engine.sampling import SamplingParams
+from internvl35.train.sft import PARTS
 
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, PermissionError, IsADirectoryError)
 
@@ -186,8 +187,8 @@ def _part_scale(text: str) -> tuple[str, float]:
         scale = float(value)
     except ValueError:
         scale = None
-    if part not in ("vit", "mlp", "llm") or scale is None or scale < 0:
-        raise argparse.ArgumentTypeError(f"expected PART=SCALE with PART one of vit, mlp, llm; got {text!r}")
+    if part not in PARTS or scale is None or scale < 0:
+        raise argparse.ArgumentTypeError(f"expected PART=SCALE with PART one of {', '.join(PARTS)}; got {text!r}")
     return part, scale
 
 
@@ -304,9 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--warmup-ratio", type=float, default=0.03)
     r.add_argument("--weight-decay", type=float, default=0.05)
     r.add_argument("--averaging", choices=["square", "token", "sample"], default="square")
-    r.add_argument("--freeze", action="append", default=[], choices=["vit", "mlp", "llm"])
+    r.add_argument("--freeze", action="append", default=[], choices=list(PARTS),
+                   help="a part to keep fixed (repeatable); embed = the word embeddings (and a tied output head)")
     r.add_argument("--lr-scale", action="append", default=[], type=_part_scale, metavar="PART=SCALE",
-                   help="learning-rate multiplier for vit, mlp or llm (repeatable), e.g. vit=0.1")
+                   help=f"learning-rate multiplier for one of {', '.join(PARTS)} (repeatable), e.g. vit=0.1")
     r.add_argument("--no-packing", action="store_true")
     r.add_argument("--pack-tokens", type=int, default=2048)
     r.add_argument("--save-every", type=int, default=50)

@@ -47,8 +47,9 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--symbolic", type=float, default=0.0, help="share of digit scenes written as words")
     ap.add_argument("--kinds", default="", help="only these digit kinds, comma-separated (default: all, uniform)")
-    ap.add_argument("--freeze", default="", help="parts to freeze: vit, mlp, llm")
+    ap.add_argument("--freeze", default="", help="parts to freeze: vit, mlp, llm, embed")
     ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--batch", type=int, default=24, help="examples per optimizer step")
     ap.add_argument("--init", default=None, help="a full model state to start from")
     ap.add_argument("--start-example", type=int, default=0)
     ap.add_argument("--n", type=int, default=40, help="held-out samples per kind")
@@ -70,7 +71,7 @@ def main() -> None:
                                                         for k in digits.KINDS)
     mix = TaskMix(families=("digits",), thinking_ratio=0.25, symbolic_ratio=a.symbolic,
                   kind_weights=tuple((f"digits/{k}", 1e9) for k in kinds), kind_options=lengthen)
-    cfg = SFTConfig(out_dir=a.out, steps=a.steps, examples_per_step=24, lr=a.lr, warmup_ratio=0.03,
+    cfg = SFTConfig(out_dir=a.out, steps=a.steps, examples_per_step=a.batch, lr=a.lr, warmup_ratio=0.03,
                     min_lr_ratio=0.05, pack_tokens=1536, rows_per_micro=4, save_every=a.every,
                     lr_scale={"vit": 0.2}, freeze=tuple(f for f in a.freeze.split(",") if f), progress=False,
                     start_example=a.start_example)

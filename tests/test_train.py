@@ -121,6 +121,25 @@ def test_freezing_keeps_parts_fixed(tmp_path):
         assert same != name.startswith("mlp1"), name
 
 
+def test_freezing_the_word_embeddings_trains_the_rest_of_the_language_model(tmp_path):
+    from internvl35.train.sft import make_optimizer, part_of
+
+    torch.manual_seed(0)
+    before = build_model(_config()).state_dict()
+    after = _train(tmp_path, freeze=("vit", "embed")).state_dict()
+    embed = "language_model.model.embed_tokens.weight"
+    assert part_of(embed) == "embed" and part_of("language_model.lm_head.weight") == "llm"
+    assert torch.equal(before[embed], after[embed])
+    assert not torch.equal(before["language_model.lm_head.weight"], after["language_model.lm_head.weight"])
+    assert not torch.equal(before["mlp1.1.weight"], after["mlp1.1.weight"])
+    # "llm" scales the embeddings too unless "embed" has its own scale.
+    model = build_model(_config())
+    for scales, want in (({"llm": 0.5}, 0.5), ({"llm": 0.5, "embed": 0.1}, 0.1)):
+        opt = make_optimizer(model, SFTConfig(out_dir=str(tmp_path), steps=1, lr_scale=scales))
+        group = next(g for g in opt.param_groups if any(p is model.state_dict(keep_vars=True)[embed] for p in g["params"]))
+        assert group["lr_scale"] == want
+
+
 def test_interrupted_checkpoint_write_leaves_previous_intact(tmp_path, monkeypatch):
     import internvl35.train.state as state
 

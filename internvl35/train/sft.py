@@ -28,7 +28,19 @@ from internvl35.train.packing import Batch, TrainExample, collate, pack
 from internvl35.train.state import latest_checkpoint, load_train_state, save_train_state
 
 ExampleSource = Callable[[int], TrainExample]  # example index -> example, deterministic
-PARTS = {"vit": "vision_model", "mlp": "mlp1", "llm": "language_model"}
+# Trainable parts by parameter-name prefix. "embed" (the word embeddings; with tied embeddings also the output head)
+# lies inside "llm": freezing or scaling "llm" covers it unless "embed" is named itself.
+PARTS = {"vit": "vision_model", "mlp": "mlp1", "llm": "language_model", "embed": "language_model.model.embed_tokens"}
+
+
+def _under(name: str, part: str) -> bool:
+    prefix = PARTS[part]
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def part_of(name: str) -> str:
+    """The most specific part a parameter belongs to."""
+    return max((p for p in PARTS if _under(name, p)), key=lambda p: len(PARTS[p]))
 
 
 @dataclass
@@ -76,17 +88,17 @@ def lr_at(step: int, cfg: SFTConfig) -> float:
 
 
 def set_trainable(model: InternVLModel, freeze: Iterable[str]) -> None:
-    frozen = {PARTS[f] for f in freeze}
+    freeze = tuple(freeze)
     for name, p in model.named_parameters():
-        p.requires_grad_(name.split(".", 1)[0] not in frozen)
+        p.requires_grad_(not any(_under(name, part) for part in freeze))
 
 
 def make_optimizer(model: InternVLModel, cfg: SFTConfig) -> torch.optim.AdamW:
     """AdamW with one group per (part, decay or not); each group's `lr_scale` multiplies the schedule's lr."""
     groups = []
-    for part, prefix in PARTS.items():
-        params = [p for name, p in model.named_parameters() if p.requires_grad and name.split(".", 1)[0] == prefix]
-        scale = cfg.lr_scale.get(part, 1.0)
+    for part in PARTS:
+        params = [p for name, p in model.named_parameters() if p.requires_grad and part_of(name) == part]
+        scale = cfg.lr_scale.get(part, cfg.lr_scale.get("llm", 1.0) if part == "embed" else 1.0)
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]  # norms, biases, layer scales
         groups += [{"params": ps, "weight_decay": wd, "lr_scale": scale}
