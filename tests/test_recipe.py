@@ -24,7 +24,8 @@ def test_toy_recipe_trains_exports_and_chats(tmp_path):
         vision_pretrain=VisionPretrainConfig(steps=2, batch_size=2),
         align=AlignConfig(steps=2, batch_size=2),
         warmup=(TaskMix(families=("digits",), symbolic_ratio=1.0),
-                dict(steps=2, examples_per_step=2, pack_tokens=1024, freeze=("vit", "mlp"))),
+                dict(steps=2, examples_per_step=2, pack_tokens=1024, freeze=("vit", "mlp", "embed"))),
+        bridge=(TaskMix(families=("digits",)), dict(steps=2, examples_per_step=2, pack_tokens=1024, freeze=("llm",))),
         focus=(TaskMix(families=("digits",)), dict(steps=2, examples_per_step=2, pack_tokens=1024)),
     )
     final = run_recipe(recipe, tmp_path / "run", progress=False)
@@ -36,6 +37,7 @@ def test_toy_recipe_trains_exports_and_chats(tmp_path):
     assert len(lines) == 3
     assert len((tmp_path / "run" / "focus" / "metrics.jsonl").read_text().splitlines()) == 2  # stage 2 ran
     assert len((tmp_path / "run" / "warmup" / "metrics.jsonl").read_text().splitlines()) == 2  # and the warm-up
+    assert len((tmp_path / "run" / "bridge" / "metrics.jsonl").read_text().splitlines()) == 2  # and the bridge
     vl = InternVL.from_pretrained(final)
     from internvl35.tasks.base import make_split
 

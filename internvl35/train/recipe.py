@@ -18,7 +18,8 @@ from scratch by SFT on the synthetic task mix, sized so that the whole run fits 
 2. optionally (`Recipe.focus`), a shorter SFT on a re-weighted mix.
 
 Departures from the paper, all for size: tiles of 224 px (64 tokens), a 2-6 tile budget, a randomly
-initialised LLM, and no separate MLP warm-up stage (the LLM is not pretrained, so it trains from step 0).
+initialised LLM, and the MLP warm-up (here the bridge, 0d) placed after a words-only stage that gives the
+language model something to be warmed up to.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ TINY = Recipe(
     # keeps the warm-up's reading skill alive while the model learns the other families from pixels.
     mix=TaskMix(weights=(4, 1, 1.5, 1, 1, 1), thinking_ratio=0.25, symbolic_ratio=0.5,
                 kind_weights=(("digits/read", 2.0),), kind_options=LONG_LINES),
-    sft=dict(steps=400, examples_per_step=24, lr=1e-3, warmup_ratio=0.03, min_lr_ratio=0.05, pack_tokens=1536,
+    sft=dict(steps=350, examples_per_step=24, lr=1e-3, warmup_ratio=0.03, min_lr_ratio=0.05, pack_tokens=1536,
              rows_per_micro=4, save_every=100, lr_scale={"vit": 0.2}),
     vision_pretrain=VisionPretrainConfig(steps=450, batch_size=32, lr=1e-3,
                                          families=("digits", "digits", "digits", "shapes")),
@@ -90,8 +91,8 @@ TINY = Recipe(
     # 0.2 s each) learn the reading lookup faster than fewer large ones. The word embeddings stay where stage 0b
     # put them, next to the image tokens, so that the bridge can hand the skill over to pixels (docs/results.md).
     warmup=(TaskMix(families=("digits",), thinking_ratio=0.25, symbolic_ratio=1.0,
-                    kind_weights=(("digits/read", 12.0),), kind_options=LONG_LINES),
-            dict(steps=2100, examples_per_step=8, lr=1.5e-3, warmup_ratio=0.03, min_lr_ratio=0.05, pack_tokens=1536,
+                    kind_weights=(("digits/read", 24.0),), kind_options=LONG_LINES),
+            dict(steps=2700, examples_per_step=8, lr=1.5e-3, warmup_ratio=0.03, min_lr_ratio=0.05, pack_tokens=1536,
                  rows_per_micro=4, save_every=300, freeze=("vit", "mlp", "embed"))),
     # Pixels with the language model frozen: mlp1 and the ViT learn to feed the reading circuit. From words-read 93%,
     # 50 such steps read 67% of held-out lines from pixels, where training the whole model took 150 steps to 20%.
