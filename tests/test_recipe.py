@@ -11,8 +11,8 @@ from internvl35.train.recipe import TINY, run_recipe
 from internvl35.train.vision_pretrain import AlignConfig, VisionPretrainConfig
 
 
-def test_toy_recipe_trains_exports_and_chats(tmp_path):
-    recipe = replace(
+def _toy_recipe():
+    return replace(
         TINY, name="toy", vocab_size=400, tokenizer_samples=10, max_dynamic_patch=2,
         vision=VisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                             image_size=56, patch_size=14),
@@ -28,7 +28,10 @@ def test_toy_recipe_trains_exports_and_chats(tmp_path):
         bridge=(TaskMix(families=("digits",)), dict(steps=2, examples_per_step=2, pack_tokens=1024, freeze=("llm",))),
         focus=(TaskMix(families=("digits",)), dict(steps=2, examples_per_step=2, pack_tokens=1024)),
     )
-    final = run_recipe(recipe, tmp_path / "run", progress=False)
+
+
+def test_toy_recipe_trains_exports_and_chats(tmp_path):
+    final = run_recipe(_toy_recipe(), tmp_path / "run", progress=False)
     assert (final / "model.safetensors").exists() and (final / "tokenizer.json").exists()
     assert (tmp_path / "run" / "loss.png").exists()
     assert (tmp_path / "run" / "vision_pretrain.safetensors").exists()  # stage 0 ran and was kept
@@ -46,6 +49,32 @@ def test_toy_recipe_trains_exports_and_chats(tmp_path):
 
     out = vl.chat(sample.question, sample.images, params=SamplingParams(max_new_tokens=3))
     assert isinstance(out, str)
+
+
+def test_a_recipe_interrupted_in_the_bridge_resumes_to_the_same_model(tmp_path, monkeypatch):
+    import pytest
+    from safetensors.torch import load_file
+
+    from internvl35.train.sft import SFTTrainer
+
+    recipe = _toy_recipe()
+    straight = run_recipe(recipe, tmp_path / "a", progress=False)
+    run = SFTTrainer.run
+
+    def crash_in_bridge(self, stop_after=None):
+        if self.out.name == "bridge":
+            run(self, stop_after=1)
+            raise KeyboardInterrupt
+        return run(self, stop_after)
+
+    monkeypatch.setattr(SFTTrainer, "run", crash_in_bridge)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(recipe, tmp_path / "b", progress=False)
+    monkeypatch.undo()
+    resumed = run_recipe(recipe, tmp_path / "b", progress=False)
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    assert len((tmp_path / "b" / "bridge" / "metrics.jsonl").read_text().splitlines()) == 2  # step 2 after step 1
 
 
 def test_a_restarted_stage_reloads_its_saved_weights_and_refuses_foreign_ones(tmp_path):

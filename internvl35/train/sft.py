@@ -149,15 +149,13 @@ class SFTTrainer:
 
     def resume(self) -> bool:
         last = latest_checkpoint(self.out / "checkpoints")
-        if last is None:
-            return False
-        progress = load_train_state(last, self.model, self.opt)
-        self.step = progress["step"]
+        if last is not None:
+            self.step = load_train_state(last, self.model, self.opt)["step"]
         metrics = self.out / "metrics.jsonl"
-        if metrics.exists():  # drop lines of steps that will be recomputed
+        if metrics.exists():  # drop lines of steps that will be recomputed (all of them if no checkpoint was saved)
             lines = [l for l in metrics.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= self.step]
             metrics.write_text("".join(l + "\n" for l in lines))
-        return True
+        return last is not None
 
     def save(self) -> Path:
         return save_train_state(self.out / "checkpoints", self.model, self.opt,
