@@ -69,15 +69,17 @@ class TaskSource:
     def __init__(self, tokenizer: ChatTokenizer, config: InternVLConfig, mix: TaskMix, seed: int = 0) -> None:
         self.tokenizer, self.config, self.mix, self.seed = tokenizer, config, mix, seed
         self._p = mix.probabilities()
+        self._kind_p = {family: mix.kind_probabilities(family) for family in mix.families}
+        self._options = dict(mix.kind_options)
         self._words = label_words(tokenizer) if mix.symbolic_ratio else None
 
     def pick(self, index: int) -> tuple[Sample, bool, np.random.Generator]:
         rng = np.random.default_rng([self.seed, index])
         family = self.mix.families[int(rng.choice(len(self.mix.families), p=self._p))]
-        kinds, p = FAMILIES[family].kinds, self.mix.kind_probabilities(family)
+        kinds, p = FAMILIES[family].kinds, self._kind_p[family]
         kind = None if p is None else kinds[int(rng.choice(len(kinds), p=p))]
-        options = dict(self.mix.kind_options).get(f"{family}/{kind}", {})
-        sample = FAMILIES[family].generate(split_seeds("train", 1, index)[0], kind, **options)
+        sample = FAMILIES[family].generate(split_seeds("train", 1, index)[0], kind,
+                                           **self._options.get(f"{family}/{kind}", {}))
         return sample, bool(rng.random() < self.mix.thinking_ratio), rng
 
     def __call__(self, index: int) -> TrainExample:

@@ -130,7 +130,10 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, steps: int | None = None,
     config = model_config(recipe, tokenizer)
     torch.manual_seed(seed)
     model = build_model(config)
-    started = [latest_checkpoint(_stage_dir(out, name) / "checkpoints") for name in ("warmup", "bridge", "sft")]
+    sft = (recipe.mix, {**recipe.sft, **({"steps": steps} if steps else {})})
+    stages = [(name, stage) for name, stage in (("warmup", recipe.warmup), ("bridge", recipe.bridge), ("sft", sft),
+                                                ("focus", recipe.focus)) if stage is not None]
+    started = [latest_checkpoint(_stage_dir(out, name) / "checkpoints") for name, _ in stages]
     if not any(started):  # an SFT checkpoint resumes with everything; stages 0/0b are done
         if recipe.vision_pretrain is not None:
             vision_stage(model, recipe.vision_pretrain, out, progress)
@@ -139,13 +142,8 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, steps: int | None = None,
     meta = {"recipe": recipe.name, "seed": seed, "vision_pretrain": _read_json(out / "vision_pretrain.json"),
             "align": _read_json(out / "align.json")}
     # Each SFT stage continues the example stream of the one before, so every stage sees fresh samples.
-    sft = (recipe.mix, {**recipe.sft, **({"steps": steps} if steps else {})})
-    stages = [("warmup", recipe.warmup), ("bridge", recipe.bridge), ("sft", sft), ("focus", recipe.focus)]
     start = 0
-    for name, stage in stages:
-        if stage is None:
-            continue
-        mix, fields = stage
+    for name, (mix, fields) in stages:
         cfg = SFTConfig(out_dir=str(_stage_dir(out, name)), progress=progress, start_example=start,
                         extra={"recipe": recipe.name, "stage": name}, **fields)
         SFTTrainer(model, TaskSource(tokenizer, config, mix, seed), cfg, pad_id=tokenizer.pad_id).run()

@@ -43,6 +43,12 @@ def part_of(name: str) -> str:
     return max((p for p in PARTS if _under(name, p)), key=lambda p: len(PARTS[p]))
 
 
+def part_scale(part: str, lr_scale: dict[str, float]) -> float:
+    """The learning-rate scale of a part: its own, else that of the nearest part enclosing it, else 1."""
+    enclosing = [p for p in lr_scale if _under(PARTS[part], p)]
+    return lr_scale[max(enclosing, key=lambda p: len(PARTS[p]))] if enclosing else 1.0
+
+
 @dataclass
 class SFTConfig:
     out_dir: str
@@ -98,7 +104,7 @@ def make_optimizer(model: InternVLModel, cfg: SFTConfig) -> torch.optim.AdamW:
     groups = []
     for part in PARTS:
         params = [p for name, p in model.named_parameters() if p.requires_grad and part_of(name) == part]
-        scale = cfg.lr_scale.get(part, cfg.lr_scale.get("llm", 1.0) if part == "embed" else 1.0)
+        scale = part_scale(part, cfg.lr_scale)
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]  # norms, biases, layer scales
         groups += [{"params": ps, "weight_decay": wd, "lr_scale": scale}
