@@ -8,7 +8,6 @@ so packed samples never predict across their boundary.
 
 from __future__ import annotations
 
-import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
