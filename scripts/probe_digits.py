@@ -31,12 +31,28 @@ from digits_pixels_vs_words import accuracy, answer_from_pixels, answer_from_wor
 
 from internvl35.api import InternVL  # noqa: E402
 from internvl35.checkpoint import build_model  # noqa: E402
+from internvl35.config import InternVLConfig  # noqa: E402
 from internvl35.data.tokenizer import ChatTokenizer  # noqa: E402
+from internvl35.model.internvl import InternVLModel  # noqa: E402
 from internvl35.tasks import digits  # noqa: E402
 from internvl35.tasks.base import split_seeds  # noqa: E402
 from internvl35.train.data import TaskMix, TaskSource  # noqa: E402
 from internvl35.train.recipe import TINY, model_config  # noqa: E402
 from internvl35.train.sft import SFTConfig, SFTTrainer  # noqa: E402
+
+
+def load_run(run: str, state: str | None = None) -> tuple[ChatTokenizer, InternVLConfig, InternVLModel]:
+    """A recipe run's tokenizer and a TINY model with the run's stage 0/0b weights, then `state` (a full model
+    state, e.g. a probe's or a stage's checkpoint) over them when given."""
+    tok = ChatTokenizer.from_dir(Path(run) / "tokenizer")
+    config = model_config(TINY, tok)
+    torch.manual_seed(0)
+    model = build_model(config)
+    for stage in ("vision_pretrain", "align"):
+        model.load_state_dict(load_file(str(Path(run) / f"{stage}.safetensors")), strict=False)
+    if state:
+        model.load_state_dict(load_file(state))
+    return tok, config, model
 
 
 def main() -> None:
@@ -57,14 +73,7 @@ def main() -> None:
                     help="train lines hold 2..this many digits (the task, and every test line, has 2-4)")
     a = ap.parse_args()
 
-    tok = ChatTokenizer.from_dir(Path(a.run) / "tokenizer")
-    config = model_config(TINY, tok)
-    torch.manual_seed(0)
-    model = build_model(config)
-    for stage in ("vision_pretrain", "align"):
-        model.load_state_dict(load_file(str(Path(a.run) / f"{stage}.safetensors")), strict=False)
-    if a.init:
-        model.load_state_dict(load_file(a.init))
+    tok, config, model = load_run(a.run, a.init)
     # "Only these kinds" is a kind weight far above the others' 1 (0 is not a valid weight).
     kinds = [k for k in a.kinds.split(",") if k]
     lengthen = () if a.max_train_digits == 4 else tuple((f"digits/{k}", {"max_digits": a.max_train_digits})

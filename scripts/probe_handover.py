@@ -21,24 +21,21 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from digits_pixels_vs_words import accuracy, answer_from_pixels, perceived  # noqa: E402
+from probe_digits import load_run  # noqa: E402
 
 from internvl35.api import InternVL  # noqa: E402
-from internvl35.checkpoint import build_model  # noqa: E402
 from internvl35.data.inputs import build_inputs  # noqa: E402
-from internvl35.data.tokenizer import ChatTokenizer  # noqa: E402
 from internvl35.model.attention import causal_input  # noqa: E402
 from internvl35.model.internvl import InternVLModel  # noqa: E402
 from internvl35.tasks import digits  # noqa: E402
 from internvl35.tasks.base import split_seeds  # noqa: E402
 from internvl35.train.data import symbolic_example  # noqa: E402
-from internvl35.train.recipe import TINY, model_config  # noqa: E402
 from internvl35.train.vision_pretrain import label_words  # noqa: E402
 
 FIRST_TRAIN_SEED = 500_000  # past the examples the recipe's SFT stages drew
@@ -73,13 +70,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1.5e-3, help="mlp1's learning rate; the ViT's is a fifth of it")
     a = ap.parse_args()
 
-    tok = ChatTokenizer.from_dir(Path(a.run) / "tokenizer")
-    config = model_config(TINY, tok)
-    torch.manual_seed(0)
-    model = build_model(config)
-    for stage in ("vision_pretrain", "align"):
-        model.load_state_dict(load_file(str(Path(a.run) / f"{stage}.safetensors")), strict=False)
-    model.load_state_dict(load_file(a.state))
+    tok, config, model = load_run(a.run, a.state)
     model.language_model.requires_grad_(False)
     trained = [*model.mlp1.parameters(), *model.vision_model.parameters()]
     opt = torch.optim.AdamW([{"params": list(model.mlp1.parameters()), "lr": a.lr},
