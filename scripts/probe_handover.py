@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -68,6 +69,7 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--batch", type=int, default=16, help="reading questions per step (lines of 2-8 digits)")
     ap.add_argument("--lr", type=float, default=1.5e-3, help="mlp1's learning rate; the ViT's is a fifth of it")
+    ap.add_argument("--save", default=None, help="write the final full model state here (safetensors)")
     a = ap.parse_args()
 
     tok, config, model = load_run(a.run, a.state)
@@ -112,6 +114,8 @@ def main() -> None:
         seconds += time.perf_counter() - t0
         if (step + 1) % a.every == 0:
             evaluate(step + 1, seconds)
+    if a.save:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, a.save)
 
 
 if __name__ == "__main__":
