@@ -65,7 +65,8 @@ def scores(samples: list[Sample], outputs: list[str]) -> list[float]:
 
 
 def accuracy(samples: list[Sample], outputs: list[str]) -> float:
-    return sum(scores(samples, outputs)) / len(samples)
+    """Mean score; NaN for no samples (e.g. no line perceived right)."""
+    return sum(scores(samples, outputs)) / len(samples) if samples else float("nan")
 
 
 def main() -> None:
