@@ -69,6 +69,18 @@ def accuracy(samples: list[Sample], outputs: list[str]) -> float:
     return sum(scores(samples, outputs)) / len(samples) if samples else float("nan")
 
 
+def accuracy_where(samples: list[Sample], outputs: list[str], keep: list[bool]) -> float:
+    """Mean score over the samples whose `keep` is true."""
+    kept = [(s, o) for s, o, k in zip(samples, outputs, keep) if k]
+    return accuracy([s for s, _ in kept], [o for _, o in kept])
+
+
+def perception(vl: InternVL, samples: list[Sample], outputs: list[str]) -> dict[str, float]:
+    """The share of reading lines perceived right, and the pixel answers' accuracy on those lines alone."""
+    seen = perceived(vl, samples)
+    return {"perceived": sum(seen) / len(seen), "read_given_perceived": accuracy_where(samples, outputs, seen)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model", help="model directory")
@@ -90,10 +102,8 @@ def main() -> None:
         print(f"{kind}: pixels {accuracy(samples, pixels):.1%}, words {accuracy(samples, words):.1%}; "
               f"pixels by number of digits {lengths}")
         if kind == "read":
-            seen = perceived(vl, samples)
-            right = [(s, o) for s, o, ok in zip(samples, pixels, seen) if ok]
-            print(f"read: perceived {sum(seen) / len(seen):.1%}; "
-                  f"read | perceived {accuracy([s for s, _ in right], [o for _, o in right]):.1%}")
+            split = perception(vl, samples, pixels)
+            print(f"read: perceived {split['perceived']:.1%}; read | perceived {split['read_given_perceived']:.1%}")
 
 
 if __name__ == "__main__":

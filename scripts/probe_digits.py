@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from digits_pixels_vs_words import accuracy, answer_from_pixels, answer_from_words  # noqa: E402
+from digits_pixels_vs_words import accuracy, accuracy_where, answer_from_pixels, answer_from_words  # noqa: E402
 
 from internvl35.api import InternVL  # noqa: E402
 from internvl35.checkpoint import build_model  # noqa: E402
@@ -101,8 +101,8 @@ def main() -> None:
             outs = answer_from_words(vl, test[kind])
             row[f"words_{kind}"] = accuracy(test[kind], outs)
             if kind == "read":  # lines where a digit repeats, the case a content lookup gets wrong
-                rep = [(s, o) for s, o in zip(test[kind], outs) if len(set(s.answer)) < len(s.answer)]
-                row["words_read_repeated"] = accuracy([s for s, _ in rep], [o for _, o in rep])
+                repeated = [len(set(s.answer)) < len(s.answer) for s in test[kind]]
+                row["words_read_repeated"] = accuracy_where(test[kind], outs, repeated)
         model.train()
         print(json.dumps(row), flush=True)
 

@@ -6,7 +6,7 @@ line written as words (`train/data.py`, `symbolic_example`), which the words war
 The loss is the squared error summed over the layers' outputs at every position, relative to the words
 states' energy; no answer tokens are needed. Every `--every` steps it scores 200 held-out reading
 questions from pixels, the share of lines perception gets right, and reading on those lines alone
-(`digits_pixels_vs_words.perceived`). One JSON line per evaluation. E22 in docs/results.md:
+(`digits_pixels_vs_words.perception`). One JSON line per evaluation. E22 in docs/results.md:
 
     python scripts/probe_handover.py runs/tiny11 runs/tiny11/warmup/checkpoints/step-002700/model.safetensors \\
         --steps 300 --every 100
@@ -27,7 +27,7 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from digits_pixels_vs_words import accuracy, answer_from_pixels, perceived  # noqa: E402
+from digits_pixels_vs_words import accuracy, answer_from_pixels, perception  # noqa: E402
 from probe_digits import load_run  # noqa: E402
 
 from internvl35.api import InternVL  # noqa: E402
@@ -83,11 +83,9 @@ def main() -> None:
     def evaluate(step: int, seconds: float) -> None:
         model.eval()
         vl = InternVL(model, tok)
-        outs, seen = answer_from_pixels(vl, test), perceived(vl, test)
-        right = [(s, o) for s, o, ok in zip(test, outs, seen) if ok]
+        outs = answer_from_pixels(vl, test)
         print(json.dumps({"step": step, "train_s": round(seconds, 1), "read": accuracy(test, outs),
-                          "perceived": sum(seen) / len(seen),
-                          "read_given_perceived": accuracy([s for s, _ in right], [o for _, o in right])}), flush=True)
+                          **perception(vl, test, outs)}), flush=True)
         model.train()
 
     evaluate(0, 0.0)
