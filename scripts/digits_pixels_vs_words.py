@@ -48,16 +48,18 @@ def answer_from_words(vl: InternVL, samples: list[Sample]) -> list[str]:
 
 
 @torch.no_grad()
-def perceived(vl: InternVL, samples: list[Sample]) -> list[bool]:
-    """Per line: does each glyph's image token score its own label's word highest among background and digits?"""
+def perceived(vl: InternVL, samples: list[Sample], per_glyph: bool = False) -> list[bool]:
+    """Per line: does each glyph's image token score its own label's word highest among background and digits?
+    With `per_glyph`, the answer for every glyph of every line instead, in reading order."""
     model, config = vl.model, vl.model.config
     words = label_words(vl.tokenizer)[: LABEL_ID["digit 9"] + 1]  # ".", "0", ..., "9"
     cell = token_px(config.vision.patch_size, config.downsample_ratio)
     per_row = config.vision.image_size // cell
     feats = model.encode_images(to_tensor([s.images[0] for s in samples])).embeds
     guess = F.linear(feats, model.language_model.output_weight[words]).argmax(-1).view(len(samples), -1)
-    return [all(int(guess[i, (y0 // cell) * per_row + x0 // cell]) == LABEL_ID[label] for (x0, y0, _, _), label in s.layout)
-            for i, s in enumerate(samples)]
+    right = [[int(guess[i, (y0 // cell) * per_row + x0 // cell]) == LABEL_ID[label] for (x0, y0, _, _), label in s.layout]
+             for i, s in enumerate(samples)]
+    return [ok for line in right for ok in line] if per_glyph else [all(line) for line in right]
 
 
 def scores(samples: list[Sample], outputs: list[str]) -> list[float]:

@@ -10,6 +10,11 @@ questions from pixels, the share of lines perception gets right, and reading on 
 
     python scripts/probe_handover.py runs/tiny11 runs/tiny11/warmup/checkpoints/step-002700/model.safetensors \\
         --steps 300 --every 100
+
+It also starts from a finished checkpoint directory (E24: after stage 1, from the shipped model), and then
+`--save` writes a checkpoint directory that `internvl35 eval --model` reads:
+
+    python scripts/probe_handover.py internvl35/assets/internvl35-tiny --steps 200 --save /tmp/e24
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ from digits_pixels_vs_words import accuracy, answer_from_pixels, perception  # n
 from probe_digits import load_run  # noqa: E402
 
 from internvl35.api import InternVL  # noqa: E402
+from internvl35.checkpoint import load_model, save_checkpoint  # noqa: E402
 from internvl35.data.inputs import build_inputs  # noqa: E402
+from internvl35.data.tokenizer import ChatTokenizer  # noqa: E402
 from internvl35.model.attention import causal_input  # noqa: E402
 from internvl35.model.internvl import InternVLModel  # noqa: E402
 from internvl35.tasks import digits  # noqa: E402
@@ -63,16 +70,25 @@ def handover_loss(student: list[Tensor], teacher: list[Tensor], valid: Tensor) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("run", help="recipe run directory holding tokenizer/, vision_pretrain and align weights")
-    ap.add_argument("state", help="the words-trained full model state to start from (the warm-up's checkpoint)")
+    ap.add_argument("run", help="recipe run directory holding tokenizer/, vision_pretrain and align weights, "
+                                "or a checkpoint directory (config.json, weights, tokenizer.json)")
+    ap.add_argument("state", nargs="?", default=None,
+                    help="with a run directory: the words-trained full model state to start from (the warm-up's checkpoint)")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--batch", type=int, default=16, help="reading questions per step (lines of 2-8 digits)")
     ap.add_argument("--lr", type=float, default=1.5e-3, help="mlp1's learning rate; the ViT's is a fifth of it")
-    ap.add_argument("--save", default=None, help="write the final full model state here (safetensors)")
+    ap.add_argument("--save", default=None, help="write the final full model state here: a safetensors file when "
+                                                 "starting from a run, a checkpoint directory when starting from one")
     a = ap.parse_args()
 
-    tok, config, model = load_run(a.run, a.state)
+    from_checkpoint = (Path(a.run) / "config.json").exists()
+    if from_checkpoint:
+        tok = ChatTokenizer.from_dir(a.run)
+        model = load_model(a.run, image_token_id=tok.img_context_id).train()
+        config = model.config
+    else:
+        tok, config, model = load_run(a.run, a.state)
     model.language_model.requires_grad_(False)
     trained = [*model.mlp1.parameters(), *model.vision_model.parameters()]
     opt = torch.optim.AdamW([{"params": list(model.mlp1.parameters()), "lr": a.lr},
@@ -112,7 +128,10 @@ def main() -> None:
         seconds += time.perf_counter() - t0
         if (step + 1) % a.every == 0:
             evaluate(step + 1, seconds)
-    if a.save:
+    if a.save and from_checkpoint:
+        save_checkpoint(model, a.save)
+        tok.save(a.save)
+    elif a.save:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, a.save)
 
 
