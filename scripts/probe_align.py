@@ -3,8 +3,9 @@
 From a recipe run's tokenizer and stage-0 ViT (`vision_pretrain.safetensors`), run `align_projector` with the
 given steps and learning rate (or load the run's own `align.safetensors` with `--steps 0`), then report
 held-out digit-sheet token accuracy under the tied output head (`evaluate_dense` on digit sheets only) and the
-share of held-out reading lines whose every glyph token scores its own digit highest (`perceived`, the first
-200 test seeds, as in `digits_pixels_vs_words.py`). One JSON line.
+share of held-out reading lines whose every glyph token scores its own digit highest (`perceived`, as in
+`digits_pixels_vs_words.py`), on the first `--lines` test seeds and on the first 200 (that script's subset,
+a harder one). One JSON line.
 
     python scripts/probe_align.py runs/tiny12 --steps 300
 """
@@ -42,6 +43,7 @@ def main() -> None:
     ap.add_argument("run", help="recipe run directory holding tokenizer/ and vision_pretrain.safetensors")
     ap.add_argument("--steps", type=int, default=150, help="alignment steps; 0 loads the run's align.safetensors")
     ap.add_argument("--lr", type=float, default=TINY.align.lr)
+    ap.add_argument("--lines", type=int, default=1000, help="held-out reading lines to score perception on")
     a = ap.parse_args()
 
     tok = ChatTokenizer.from_dir(Path(a.run) / "tokenizer")
@@ -65,12 +67,13 @@ def main() -> None:
 
     cell = token_px(config.vision.patch_size, config.downsample_ratio)
     sheets = evaluate_dense(token_logits, ("digits",), config.vision.image_size, cell, n=128)
-    lines = [digits.generate(s, "read") for s in split_seeds("test", 200)]
-    seen = perceived(InternVL(model, tok), lines)
-    glyphs = perceived(InternVL(model, tok), lines, per_glyph=True)
+    lines = [digits.generate(s, "read") for s in split_seeds("test", a.lines)]
+    vl = InternVL(model, tok)
+    seen, glyphs = perceived(vl, lines), perceived(vl, lines, per_glyph=True)
     print(json.dumps({"steps": a.steps, "lr": a.lr, "seconds": round(seconds, 1),
                       "digit_sheet_tokens": round(sheets["object_token_accuracy"], 4),
-                      "line_glyphs": round(sum(glyphs) / len(glyphs), 4), "lines_perceived": sum(seen) / len(seen)}))
+                      "line_glyphs": round(sum(glyphs) / len(glyphs), 4), "lines_perceived": sum(seen) / len(seen),
+                      "lines_perceived_first_200": sum(seen[:200]) / len(seen[:200])}))
 
 
 if __name__ == "__main__":
