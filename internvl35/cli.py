@@ -177,7 +177,8 @@ def train_recipe(name: str, out: str, steps: int | None = None, export: str | No
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
     final = run_recipe(RECIPES[name], out, steps=steps, export=export)
-    print(f"model written to {final}")
+    minutes = json.loads((final / "training.json").read_text())["seconds"] / 60
+    print(f"model written to {final} ({minutes:.1f} min)")
 
 
 def _part_scale(text: str) -> tuple[str, float]:

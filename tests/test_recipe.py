@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 from internvl35.api import InternVL
@@ -41,6 +42,9 @@ def test_toy_recipe_trains_exports_and_chats(tmp_path):
     assert len((tmp_path / "run" / "focus" / "metrics.jsonl").read_text().splitlines()) == 2  # stage 2 ran
     assert len((tmp_path / "run" / "warmup" / "metrics.jsonl").read_text().splitlines()) == 2  # and the warm-up
     assert len((tmp_path / "run" / "bridge" / "metrics.jsonl").read_text().splitlines()) == 2  # and the bridge
+    training = json.loads((final / "training.json").read_text())
+    stage_seconds = [training[stage]["seconds"] for stage in ("warmup", "bridge", "sft", "focus")]
+    assert all(t > 0 for t in stage_seconds) and training["seconds"] > sum(stage_seconds)  # the whole run is timed
     vl = InternVL.from_pretrained(final)
     from internvl35.tasks.base import make_split
 

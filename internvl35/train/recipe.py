@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -122,6 +123,7 @@ def model_config(recipe: Recipe, tokenizer: ChatTokenizer) -> InternVLConfig:
 def run_recipe(recipe: Recipe, out_dir: str | Path, *, steps: int | None = None, seed: int = 0,
                progress: bool = True, export: str | Path | None = None) -> Path:
     """Train (or resume) under out_dir; write the final model to `export` (default out_dir/final)."""
+    started_at = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok_dir = out / "tokenizer"
@@ -149,9 +151,12 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, steps: int | None = None,
     for name, (mix, fields) in stages:
         cfg = SFTConfig(out_dir=str(_stage_dir(out, name)), progress=progress, start_example=start,
                         extra={"recipe": recipe.name, "stage": name}, **fields)
+        stage_started_at = time.perf_counter()
         SFTTrainer(model, TaskSource(tokenizer, config, mix, seed), cfg, pad_id=tokenizer.pad_id).run()
-        meta[name] = {"mix": asdict(mix), "sft": asdict(cfg)}
+        meta[name] = {"mix": asdict(mix), "sft": asdict(cfg), "seconds": time.perf_counter() - stage_started_at}
         start += cfg.steps * cfg.examples_per_step
+    # Wall time of this call (a resumed run counts only what it redid): the figure behind the time budget.
+    meta["seconds"] = time.perf_counter() - started_at
     final = Path(export) if export else out / "final"
     export_model(model, tokenizer, final, out, recipe.export_dtype, meta)
     return final
