@@ -19,23 +19,19 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from digits_pixels_vs_words import perceived  # noqa: E402
+from probe_digits import load_run  # noqa: E402
 
 from internvl35.api import InternVL  # noqa: E402
-from internvl35.checkpoint import build_model  # noqa: E402
-from internvl35.data.tokenizer import ChatTokenizer  # noqa: E402
-from internvl35.model.projector import pixel_shuffle  # noqa: E402
 from internvl35.tasks import digits  # noqa: E402
 from internvl35.tasks.base import split_seeds  # noqa: E402
-from internvl35.train.recipe import TINY, model_config  # noqa: E402
-from internvl35.train.vision_pretrain import align_projector, evaluate_dense, label_words, token_px  # noqa: E402
+from internvl35.train.recipe import TINY  # noqa: E402
+from internvl35.train.vision_pretrain import (  # noqa: E402
+    align_projector, aligned_token_logits, evaluate_dense, label_words, token_px,
+)
 
 
 def main() -> None:
@@ -46,27 +42,15 @@ def main() -> None:
     ap.add_argument("--lines", type=int, default=1000, help="held-out reading lines to score perception on")
     a = ap.parse_args()
 
-    tok = ChatTokenizer.from_dir(Path(a.run) / "tokenizer")
-    config = model_config(TINY, tok)
-    torch.manual_seed(0)
-    model = build_model(config)
-    model.load_state_dict(load_file(str(Path(a.run) / "vision_pretrain.safetensors")), strict=False)
+    tok, config, model = load_run(a.run, stages=("vision_pretrain",) if a.steps else ("vision_pretrain", "align"))
     t0 = time.perf_counter()
     if a.steps:
         align_projector(model, tok, replace(TINY.align, steps=a.steps, lr=a.lr, progress=False))
-    else:
-        model.load_state_dict(load_file(str(Path(a.run) / "align.safetensors")), strict=False)
     seconds = time.perf_counter() - t0
     model.eval()
-    targets = label_words(tok)
-
-    @torch.no_grad()
-    def token_logits(pixels: torch.Tensor) -> torch.Tensor:
-        feats = pixel_shuffle(model.vision_model(pixels), config.downsample_ratio)
-        return F.linear(model.mlp1(feats), model.language_model.output_weight)[..., targets]
-
     cell = token_px(config.vision.patch_size, config.downsample_ratio)
-    sheets = evaluate_dense(token_logits, ("digits",), config.vision.image_size, cell, n=128)
+    sheets = evaluate_dense(aligned_token_logits(model, label_words(tok)), ("digits",), config.vision.image_size,
+                            cell, n=128)
     lines = [digits.generate(s, "read") for s in split_seeds("test", a.lines)]
     vl = InternVL(model, tok)
     seen, glyphs = perceived(vl, lines), perceived(vl, lines, per_glyph=True)

@@ -41,14 +41,15 @@ from internvl35.train.recipe import TINY, model_config  # noqa: E402
 from internvl35.train.sft import SFTConfig, SFTTrainer  # noqa: E402
 
 
-def load_run(run: str, state: str | None = None) -> tuple[ChatTokenizer, InternVLConfig, InternVLModel]:
-    """A recipe run's tokenizer and a TINY model with the run's stage 0/0b weights, then `state` (a full model
-    state, e.g. a probe's or a stage's checkpoint) over them when given."""
+def load_run(run: str, state: str | None = None, stages: tuple[str, ...] = ("vision_pretrain", "align"),
+             ) -> tuple[ChatTokenizer, InternVLConfig, InternVLModel]:
+    """A recipe run's tokenizer and a TINY model with the run's weights of `stages` (default stage 0 and 0b),
+    then `state` (a full model state, e.g. a probe's or a stage's checkpoint) over them when given."""
     tok = ChatTokenizer.from_dir(Path(run) / "tokenizer")
     config = model_config(TINY, tok)
     torch.manual_seed(0)
     model = build_model(config)
-    for stage in ("vision_pretrain", "align"):
+    for stage in stages:
         model.load_state_dict(load_file(str(Path(run) / f"{stage}.safetensors")), strict=False)
     if state:
         model.load_state_dict(load_file(state))

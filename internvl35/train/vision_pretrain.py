@@ -174,6 +174,19 @@ def label_words(tokenizer: ChatTokenizer) -> Tensor:
     return torch.tensor([tokenizer.encode_text(w)[0] for w in words])
 
 
+def aligned_token_logits(model: InternVLModel, targets: Tensor) -> TokenLogits:
+    """Stage 0b's readout: each image token's scores of the label words `targets` under the tied output head,
+    through the frozen ViT and the trainable mlp1."""
+    vit, ratio = model.vision_model, model.config.downsample_ratio
+
+    def token_logits(pixels: Tensor) -> Tensor:
+        with torch.no_grad():
+            feats = pixel_shuffle(vit(pixels), ratio)
+        return F.linear(model.mlp1(feats), model.language_model.output_weight)[..., targets]
+
+    return token_logits
+
+
 def align_projector(model: InternVLModel, tokenizer: ChatTokenizer, cfg: AlignConfig) -> dict:
     """Train mlp1 and the word embeddings so each image token scores its label's word under the tied output head.
 
@@ -186,15 +199,9 @@ def align_projector(model: InternVLModel, tokenizer: ChatTokenizer, cfg: AlignCo
     lm = model.language_model
     if lm.lm_head is not None:
         raise ValueError("projector alignment needs tied word embeddings (tie_word_embeddings=True)")
-    vit, ratio = model.vision_model, model.config.downsample_ratio
-    targets = label_words(tokenizer)
-
-    def token_logits(pixels: Tensor) -> Tensor:
-        with torch.no_grad():
-            feats = pixel_shuffle(vit(pixels), ratio)
-        return F.linear(model.mlp1(feats), lm.output_weight)[..., targets]  # scores of the label words only
-
-    size, cell = vit.config.image_size, token_px(vit.config.patch_size, ratio)
+    vit = model.vision_model
+    token_logits = aligned_token_logits(model, label_words(tokenizer))
+    size, cell = vit.config.image_size, token_px(vit.config.patch_size, model.config.downsample_ratio)
     t0 = time.perf_counter()
     vit.eval()
     loss = _train_dense(cfg, [*model.mlp1.parameters(), lm.output_weight], token_logits, size, cell,
