@@ -124,3 +124,22 @@ def test_symbolic_examples_write_each_image_token_as_the_word_of_what_covers_it(
     wide = replace(sample, images=[sample.images[0].resize((448, 224))])
     with pytest.raises(ValueError, match="one image of one 224-px tile"):
         symbolic_example(build_inputs(tok, cfg, wide.question, wide.images), wide, label_words(tok), cfg)
+
+
+class _Draws:
+    """Stands in for the generator `_varied` draws from: angle, scale, then the (dx, dy) move."""
+
+    def __init__(self, *values):
+        self.values = list(values)
+
+    def uniform(self, low, high, size=None):
+        return self.values.pop(0)
+
+
+def test_varied_train_glyphs_move_by_the_drawn_amount():
+    original = np.asarray(digits._glyph(0, 28))
+    same = np.asarray(digits._varied(0, 28, _Draws(0.0, 1.0, np.array([0.0, 0.0]))))
+    np.testing.assert_array_equal(same, original)
+    moved = np.asarray(digits._varied(0, 28, _Draws(0.0, 1.0, np.array([2.0, -3.0]))))
+    np.testing.assert_array_equal(moved[:-3, 2:], original[3:, :-2])  # 2 px right, 3 px up
+    assert (moved[-3:] == 255).all() and (moved[:, :2] == 255).all()  # uncovered pixels are white paper

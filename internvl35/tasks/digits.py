@@ -127,13 +127,25 @@ def generate(seed: int, kind: str | None = None, size: int = 224, max_digits: in
     return Sample(NAME, kind, [image], question, answer, rationale, target, layout)
 
 
-def _varied(index: int, cell: int, rng: np.random.Generator) -> tuple[Image.Image, tuple[int, int]]:
-    """A glyph for a train sheet: smaller, slightly rotated, nudged; it stays inside its cell."""
-    px = int(rng.integers(max(cell // 2, cell - 6), cell + 1))
-    glyph = _glyph(index, px).rotate(float(rng.uniform(-12, 12)), resample=Image.BILINEAR, fillcolor=255)
-    slack = cell - px
-    offset = [min(max(slack // 2 + int(rng.integers(-1, 2)), 0), slack) for _ in range(2)]
-    return glyph, (offset[0], offset[1])
+def _varied(index: int, cell: int, rng: np.random.Generator) -> Image.Image:
+    """A glyph for a train sheet: the scan turned up to 12 degrees, scaled 0.85-1.1 and moved up to 2.5 px each
+    way (sub-pixel) about its cell's centre; ink pushed past the cell's edge is cut off.
+
+    Continuous moves and scales teach the shapes of handwriting rather than 1,400 scans at fixed spots: a
+    digits-only vision pretraining of 300 steps labels 98.0% of held-out glyphs against 95.3% with the
+    earlier variation (shrink only, 1-px nudges), and a small CNN on the 8x8 scans goes from 96.7% to
+    99.2% with the same kind of variation (docs/results.md, E27).
+    """
+    angle = np.deg2rad(rng.uniform(-12, 12))
+    scale = rng.uniform(0.85, 1.1)
+    dx, dy = rng.uniform(-2.5, 2.5, size=2)
+    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
+    centre = cell / 2
+    # PIL maps each output pixel back to its input pixel: the inverse of "turn and scale about the centre, then move".
+    inverse = (cos, sin, centre - cos * (centre + dx) - sin * (centre + dy),
+               -sin, cos, centre + sin * (centre + dx) - cos * (centre + dy))
+    return _glyph(index, cell).transform((cell, cell), Image.AFFINE, tuple(float(v) for v in inverse),
+                                         resample=Image.BILINEAR, fillcolor=255)
 
 
 def dense(seed: int, size: int = 224, fill: float = 0.5) -> tuple[Image.Image, list[tuple[Box, str]]]:
@@ -141,8 +153,8 @@ def dense(seed: int, size: int = 224, fill: float = 0.5) -> tuple[Image.Image, l
 
     Each of the CELLS x CELLS cells holds a glyph with probability `fill` (~32 at 224 px instead of
     2-4 on a task canvas), so every pretraining image teaches many digits. Train sheets vary each
-    glyph (shrunk by up to 6 px, rotated up to 12 degrees, nudged 1 px) so that 1,400 scans seen many
-    times teach handwriting rather than those scans; test sheets are drawn like task canvases.
+    glyph (`_varied`) so that 1,400 scans seen many times teach handwriting rather than those scans;
+    test sheets are drawn like task canvases.
     """
     rng = rng_for(NAME + "/dense", seed)
     train = split_of(seed) == "train"
@@ -154,10 +166,8 @@ def dense(seed: int, size: int = 224, fill: float = 0.5) -> tuple[Image.Image, l
         for c in range(CELLS):
             if rng.random() < fill:
                 idx = pool[int(rng.integers(len(pool)))]
-                glyph, offset = _glyph(idx, cell), (0, 0)
-                if train:
-                    glyph, offset = _varied(idx, cell, rng)
-                canvas.paste(glyph, (c * cell + offset[0], r * cell + offset[1]))
+                glyph = _varied(idx, cell, rng) if train else _glyph(idx, cell)
+                canvas.paste(glyph, (c * cell, r * cell))
                 box = (c * cell, r * cell, (c + 1) * cell, (r + 1) * cell)
                 labelled.append((box, f"digit {int(_pool()[1][idx])}"))
     return canvas.convert("RGB"), labelled
