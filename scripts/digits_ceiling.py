@@ -42,9 +42,13 @@ def vary(scans: Tensor, gen: torch.Generator) -> Tensor:
     return F.grid_sample(scans, grid, align_corners=False)
 
 
-def held_out_accuracy(varied: bool, seed: int, steps: int, batch: int = 128) -> float:
+def scans_and_labels() -> tuple[Tensor, Tensor]:
+    """All 1797 scans as (N, 1, 8, 8) ink in [0, 1], and their digits."""
     d = load_digits()
-    scans, labels = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16, torch.tensor(d.target)
+    return torch.tensor(d.images, dtype=torch.float32)[:, None] / 16, torch.tensor(d.target)
+
+
+def held_out_accuracy(scans: Tensor, labels: Tensor, varied: bool, seed: int, steps: int, batch: int = 128) -> float:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = cnn()
@@ -68,8 +72,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--seeds", type=int, default=3)
     args = ap.parse_args()
+    scans, labels = scans_and_labels()
     for varied in (False, True):
-        accs = [held_out_accuracy(varied, s, args.steps) for s in range(args.seeds)]
+        accs = [held_out_accuracy(scans, labels, varied, s, args.steps) for s in range(args.seeds)]
         mean = sum(accs) / len(accs)
         sd = math.sqrt(sum((a - mean) ** 2 for a in accs) / len(accs))
         print(json.dumps({"varied": varied, "held_out": [round(a, 4) for a in accs], "mean": round(mean, 4),

@@ -133,8 +133,8 @@ def _varied(index: int, cell: int, rng: np.random.Generator) -> Image.Image:
 
     Continuous moves and scales teach the shapes of handwriting rather than 1,400 scans at fixed spots: a
     digits-only vision pretraining of 300 steps labels 98.0% of held-out glyphs against 95.3% with the
-    earlier variation (shrink only, 1-px nudges), and a small CNN on the 8x8 scans goes from 96.7% to
-    99.2% with the same kind of variation (docs/results.md, E27).
+    earlier variation (shrink only, 1-px nudges), and a small CNN on the 8x8 scans goes from 97.2% to
+    98.9% with the same kind of variation (`scripts/digits_ceiling.py`; docs/results.md, E27).
     """
     angle = np.deg2rad(rng.uniform(-12, 12))
     scale = rng.uniform(0.85, 1.1)
