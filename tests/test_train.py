@@ -9,7 +9,7 @@ import torch
 
 from internvl35.checkpoint import build_model
 from internvl35.presets import preset
-from internvl35.train.loss import IGNORE_INDEX, sample_weights, token_weight, weighted_ce
+from internvl35.train.loss import IGNORE_INDEX, anchor_loss, sample_weights, token_weight, weighted_ce
 from internvl35.train.packing import TrainExample, collate, pack
 from internvl35.train.sft import SFTConfig, SFTTrainer, lr_at, micro_batches, train_step
 
@@ -83,6 +83,37 @@ def test_loss_decreases_on_fixed_batch():
     for _ in range(25):
         last = train_step(model, trainer.opt, batches, 3e-3, 1.0)["loss"]
     assert last < 0.5 * first
+
+
+def test_anchor_loss_equals_closed_form():
+    torch.manual_seed(0)
+    table = torch.randn(7, 5)
+    words = torch.tensor([3, IGNORE_INDEX, 0, 3])
+    feats = torch.randn(4, 5)
+    expected = sum(((feats[i] - table[w]).pow(2).sum() / table[w].pow(2).sum()).item()
+                   for i, w in enumerate(words.tolist()) if w != IGNORE_INDEX) / 3
+    assert anchor_loss(feats, words, table, 3.0).item() == pytest.approx(expected, rel=1e-6)
+    assert anchor_loss(table[[3, 0, 3]], torch.tensor([3, 0, 3]), table, 3.0).item() == 0.0
+    # The table is the target, not a parameter the loss moves.
+    table.requires_grad_(True)
+    anchor_loss(feats.requires_grad_(True), words, table, 3.0).backward()
+    assert table.grad is None and feats.grad[1].abs().sum() == 0 and feats.grad[0].abs().sum() > 0
+
+
+def test_anchor_weight_pulls_image_tokens_to_their_words():
+    torch.manual_seed(0)
+    model = build_model(_config()).train()
+    words = [_example(i) for i in range(0, 8, 2)]  # the ones with an image
+    for ex in words:
+        ex.image_words = [7 + j % 3 if t == IMG else IGNORE_INDEX for j, t in enumerate(ex.input_ids)]
+    cfg = SFTConfig(out_dir="-", steps=1, pack_tokens=64, anchor_weight=1.0)
+    trainer = SFTTrainer(model, lambda i: words[i % 4], cfg)
+    batches = micro_batches(words + [_example(1)], cfg)  # one example without words rides along
+    first = train_step(model, trainer.opt, batches, 3e-3, 1.0, anchor_weight=1.0)
+    for _ in range(30):
+        last = train_step(model, trainer.opt, batches, 3e-3, 1.0, anchor_weight=1.0)
+    assert first["anchor"] > 0.5 and last["anchor"] < 0.2 * first["anchor"]
+    assert "anchor" not in train_step(model, trainer.opt, batches, 3e-3, 1.0)  # off by default
 
 
 def test_lr_schedule_warmup_then_cosine():

@@ -8,6 +8,7 @@ import torch
 
 from internvl35.checkpoint import build_model
 from internvl35.config import VisionConfig
+from internvl35.data.chat import IGNORE_INDEX
 from internvl35.model.vision import InternViT
 from internvl35.presets import preset
 from internvl35.tasks import digits
@@ -124,6 +125,35 @@ def test_symbolic_examples_write_each_image_token_as_the_word_of_what_covers_it(
     wide = replace(sample, images=[sample.images[0].resize((448, 224))])
     with pytest.raises(ValueError, match="one image of one 224-px tile"):
         symbolic_example(build_inputs(tok, cfg, wide.question, wide.images), wide, label_words(tok), cfg)
+
+
+def test_anchored_pixel_examples_carry_the_word_of_each_image_token():
+    from dataclasses import replace
+
+    from internvl35.data.inputs import build_inputs
+    from internvl35.data.tokenizer import ChatTokenizer
+    from internvl35.train.data import TaskMix, TaskSource, symbolic_example
+    from internvl35.train.vision_pretrain import label_words
+
+    tok = ChatTokenizer.from_dir("internvl35/assets/internvl35-tiny")
+    cfg = replace(preset("tiny-test"), image_token_id=tok.img_context_id)
+    cfg = replace(cfg, vision=replace(cfg.vision, image_size=224, patch_size=14))
+    src = TaskSource(tok, cfg, TaskMix(families=("digits", "chart"), anchor_families=("digits",)))
+    for i in range(12):
+        sample, thinking, _ = src.pick(i)
+        ex = src(i)
+        assert ex.pixel_values is not None  # anchoring never replaces the pixels
+        if sample.family != "digits":
+            assert ex.image_words is None
+            continue
+        # Exactly the image tokens carry words, and they are the words a symbolic rendering would write there.
+        words = symbolic_example(build_inputs(tok, cfg, sample.question, sample.images, thinking=thinking,
+                                              answer=sample.answer), sample, label_words(tok), cfg).input_ids
+        assert [w != IGNORE_INDEX for w in ex.image_words] == [t == tok.img_context_id for t in ex.input_ids]
+        assert [w for w in ex.image_words if w != IGNORE_INDEX] == [
+            w for w, t in zip(words, ex.input_ids) if t == tok.img_context_id]
+    with pytest.raises(ValueError, match="unknown task families \\['shapes'\\]"):
+        TaskMix(families=("digits",), anchor_families=("shapes",))
 
 
 class _Draws:

@@ -16,6 +16,7 @@ import numpy as np
 from torch import Tensor
 
 from internvl35.config import InternVLConfig
+from internvl35.data.chat import IGNORE_INDEX
 from internvl35.data.image import load_image
 from internvl35.data.inputs import ModelInputs, build_inputs
 from internvl35.data.tiling import jpeg_augment
@@ -32,6 +33,9 @@ class TaskMix:
     thinking_ratio: float = 0.25
     jpeg_ratio: float = 0.0  # fraction of examples re-encoded as JPEG (quality 75-100)
     symbolic_ratio: float = 0.0  # fraction of examples with a layout given as words instead of pixels
+    # Families whose pixel examples carry each image token's word (`layout_words`), for the anchor loss
+    # (`SFTConfig.anchor_weight`); only one-tile images with a layout have them.
+    anchor_families: tuple[str, ...] = ()
     # Relative weights of some kinds within their family, e.g. (("digits/read", 3.0),); unnamed kinds weigh 1.
     kind_weights: tuple[tuple[str, float], ...] = ()
     # Keyword arguments for some kinds' generators, e.g. (("digits/read", {"max_digits": 8}),): longer lines than
@@ -40,6 +44,7 @@ class TaskMix:
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.families if f not in FAMILIES]
+        unknown += [f for f in self.anchor_families if f not in self.families]
         if unknown:
             raise ValueError(f"unknown task families {unknown}; known: {sorted(FAMILIES)}")
         if self.weights is not None and len(self.weights) != len(self.families):
@@ -71,7 +76,7 @@ class TaskSource:
         self._p = mix.probabilities()
         self._kind_p = {family: mix.kind_probabilities(family) for family in mix.families}
         self._options = dict(mix.kind_options)
-        self._words = label_words(tokenizer) if mix.symbolic_ratio else None
+        self._words = label_words(tokenizer) if mix.symbolic_ratio or mix.anchor_families else None
 
     def pick(self, index: int) -> tuple[Sample, bool, np.random.Generator]:
         rng = np.random.default_rng([self.seed, index])
@@ -89,9 +94,12 @@ class TaskSource:
             images = [jpeg_augment(im, rng) for im in images]
         inputs = build_inputs(self.tokenizer, self.config, sample.question, images, thinking=thinking,
                               answer=render_target(sample, thinking))
-        if self._words is not None and symbolic_fits(sample, self.config) and rng.random() < self.mix.symbolic_ratio:
+        fits = self._words is not None and symbolic_fits(sample, self.config)
+        if fits and self.mix.symbolic_ratio and rng.random() < self.mix.symbolic_ratio:
             return symbolic_example(inputs, sample, self._words, self.config)
-        return TrainExample(inputs.input_ids, inputs.labels, inputs.pixel_values)
+        anchored = fits and sample.family in self.mix.anchor_families and inputs.tiles_per_image == [1]
+        return TrainExample(inputs.input_ids, inputs.labels, inputs.pixel_values,
+                            layout_words(inputs, sample, self._words, self.config) if anchored else None)
 
 
 def symbolic_fits(sample: Sample, config: InternVLConfig) -> bool:
@@ -100,23 +108,31 @@ def symbolic_fits(sample: Sample, config: InternVLConfig) -> bool:
     return sample.layout is not None and len(sample.images) == 1 and sample.images[0].size == (size, size)
 
 
-def symbolic_example(inputs: ModelInputs, sample: Sample, words: Tensor, config: InternVLConfig) -> TrainExample:
-    """The sample with each image token replaced by the word of what covers it ("7" for a 7, "." for background).
-
-    The language model then learns the task's logic on perfect perception, with no pixels and no vision
-    tower (about twice as many examples per second). The words are the ones stage 0b aligns the image
-    tokens with. `inputs` are the sample's model inputs; the sample must fit (`symbolic_fits`).
-    """
+def layout_words(inputs: ModelInputs, sample: Sample, words: Tensor, config: InternVLConfig) -> list[int]:
+    """Aligned with inputs.input_ids: at each image token the word of what covers it ("7" for a 7, "." for
+    background), IGNORE_INDEX elsewhere. The words are the ones stage 0b aligns the image tokens with; the sample
+    must fit (`symbolic_fits`)."""
     if not symbolic_fits(sample, config) or inputs.tiles_per_image != [1]:
         raise ValueError(f"a symbolic rendering needs a layout and one image of one {config.vision.image_size}-px tile")
     grid = patch_labels(sample.layout, config.vision.image_size,
                         token_px(config.vision.patch_size, config.downsample_ratio))
-    ids = list(inputs.input_ids)
-    slots = [i for i, t in enumerate(ids) if t == config.image_token_id]
+    slots = [i for i, t in enumerate(inputs.input_ids) if t == config.image_token_id]
     if len(slots) != grid.size:
         raise ValueError(f"{len(slots)} image tokens but a {grid.size}-cell layout")
+    out = [IGNORE_INDEX] * len(inputs.input_ids)
     for i, label in zip(slots, grid):
-        ids[i] = int(words[label])
+        out[i] = int(words[label])
+    return out
+
+
+def symbolic_example(inputs: ModelInputs, sample: Sample, words: Tensor, config: InternVLConfig) -> TrainExample:
+    """The sample with each image token replaced by the word of what covers it (`layout_words`).
+
+    The language model then learns the task's logic on perfect perception, with no pixels and no vision
+    tower (about twice as many examples per second).
+    """
+    named = layout_words(inputs, sample, words, config)
+    ids = [t if w == IGNORE_INDEX else w for t, w in zip(inputs.input_ids, named)]
     return TrainExample(ids, inputs.labels, None)
 
 

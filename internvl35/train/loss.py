@@ -1,4 +1,5 @@
-"""SFT loss math: per-token weights (square / token / sample averaging) and the weighted cross-entropy.
+"""SFT loss math: per-token weights (square / token / sample averaging), the weighted cross-entropy, and the
+anchor loss that keeps image tokens at the word embeddings of what they show.
 
 Square averaging (InternVL): a sample with N supervised tokens gives each of them weight N^-0.5, and the
 loss is sum(w * CE) / sum(w) over the whole global batch. "token" (w = 1) and "sample" (w = 1/N) are the
@@ -48,6 +49,19 @@ def weighted_ce(logits: Tensor, targets: Tensor, weights: Tensor, denominator: T
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1).clamp_min(0), reduction="none")
     w = weights.reshape(-1).float() * (targets.reshape(-1) != IGNORE_INDEX)
     return (w * ce).sum() / denominator
+
+
+def anchor_loss(features: Tensor, words: Tensor, embeddings: Tensor, denominator: Tensor | float) -> Tensor:
+    """sum over image tokens with a known word of ||f - e||^2 / ||e||^2, over `denominator`.
+
+    features (N, D): image tokens as they enter the language model; words (N,): the word id each should read
+    as, IGNORE_INDEX for none; embeddings (V, D): the word embedding table, a fixed target (no gradient). The
+    relative squared error is scale-free, so the loss weight means the same whatever the embeddings' norm.
+    """
+    keep = words != IGNORE_INDEX
+    target = embeddings.detach()[words[keep]].float()
+    error = (features[keep].float() - target).pow(2).sum(-1) / target.pow(2).sum(-1).clamp_min(1e-12)
+    return error.sum() / denominator
 
 
 def shift_targets(labels: list[int]) -> list[int]:

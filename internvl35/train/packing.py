@@ -22,6 +22,9 @@ class TrainExample:
     input_ids: list[int]
     labels: list[int]
     pixel_values: Tensor | None = None  # (tiles, 3, H, W)
+    # Aligned with input_ids: at each <IMG_CONTEXT> position whose content is known, the word that names it ("7",
+    # "."), IGNORE_INDEX elsewhere; None when nothing is known. Feeds the anchor loss (`loss.anchor_loss`).
+    image_words: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -35,6 +38,7 @@ class Batch:
     attn: AttentionInput
     pixel_values: Tensor | None  # all tiles, in row-major order of their placeholders
     num_tokens: int  # real (non-padding) tokens
+    image_words: Tensor | None = None  # (B, T) like targets, from the examples' image_words; None if none has any
 
 
 def pack(examples: list[TrainExample], max_tokens: int) -> list[list[TrainExample]]:
@@ -63,6 +67,7 @@ def collate(rows: list[list[TrainExample]], averaging: str = "square", pad_id: i
     targets = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
     weights = torch.zeros(B, T)
     positions = torch.zeros(B, T, dtype=torch.long)
+    words = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
     pixels = []
     for b, row in enumerate(rows):
         start = 0
@@ -73,9 +78,13 @@ def collate(rows: list[list[TrainExample]], averaging: str = "square", pad_id: i
             targets[b, start:start + n] = torch.tensor(tgt)
             weights[b, start:start + n] = torch.tensor(sample_weights(tgt, averaging))
             positions[b, start:start + n] = torch.arange(n)
+            if ex.image_words is not None:
+                words[b, start:start + n] = torch.tensor(ex.image_words)
             if ex.pixel_values is not None:
                 pixels.append(ex.pixel_values)
             start += n
     attn = AttentionInput(positions=positions, segments=[[len(ex) for ex in row] for row in rows])
     num_tokens = sum(len(ex) for row in rows for ex in row)
-    return Batch(ids, targets, weights, attn, torch.cat(pixels) if pixels else None, num_tokens)
+    known = any(ex.image_words is not None for row in rows for ex in row)
+    return Batch(ids, targets, weights, attn, torch.cat(pixels) if pixels else None, num_tokens,
+                 words if known else None)

@@ -20,10 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from internvl35.model.internvl import InternVLModel
-from internvl35.train.loss import global_weight_sum, weighted_ce
+from internvl35.train.loss import IGNORE_INDEX, anchor_loss, global_weight_sum, weighted_ce
 from internvl35.train.packing import Batch, TrainExample, collate, pack
 from internvl35.train.state import latest_checkpoint, load_train_state, save_train_state
 
@@ -64,6 +65,9 @@ class SFTConfig:
     pack_tokens: int = 2048  # row length when packing
     rows_per_micro: int = 4  # rows per forward (padding mode: examples per forward)
     averaging: str = "square"
+    # Weight of the anchor loss (`loss.anchor_loss`) on examples whose image tokens carry their words
+    # (`TaskMix.anchor_families`): it keeps those tokens at the word embeddings the language model reads.
+    anchor_weight: float = 0.0
     freeze: tuple[str, ...] = ()
     lr_scale: dict[str, float] = field(default_factory=dict)  # per part, e.g. {"vit": 0.2} for a pretrained ViT
     save_every: int = 100
@@ -120,25 +124,43 @@ def micro_batches(examples: list[TrainExample], cfg: SFTConfig, pad_id: int = 0)
     return [collate(rows[i:i + cfg.rows_per_micro], cfg.averaging, pad_id) for i in range(0, len(rows), cfg.rows_per_micro)]
 
 
-def train_step(model: InternVLModel, opt: torch.optim.Optimizer, batches: list[Batch], lr: float, grad_clip: float) -> dict:
+def train_step(model: InternVLModel, opt: torch.optim.Optimizer, batches: list[Batch], lr: float, grad_clip: float,
+               anchor_weight: float = 0.0) -> dict:
     """One optimizer step over all micro-batches of a global batch; returns metrics."""
     denominator = global_weight_sum(torch.stack([b.weights.sum() for b in batches]))
+    anchored = [_anchor_words(model, b) if anchor_weight else None for b in batches]
+    anchor_denominator = global_weight_sum(torch.stack(
+        [(w != IGNORE_INDEX).sum() for w in anchored if w is not None] or [torch.tensor(0)])).clamp_min(1)
     total_tokens = sum(b.num_tokens for b in batches)
-    loss_sum = 0.0
-    for b in batches:
-        out = model(b.input_ids, pixel_values=b.pixel_values, attn=b.attn)
+    loss_sum = anchor_sum = 0.0
+    for b, words in zip(batches, anchored):
+        images = model.encode_images(b.pixel_values) if b.pixel_values is not None and len(b.pixel_values) else None
+        out = model(b.input_ids, image_features=images, attn=b.attn)
         loss = weighted_ce(out.logits, b.targets, b.weights, denominator)
         if out.aux_loss is not None:
             loss = loss + model.config.text.router_aux_loss_coef * out.aux_loss * b.num_tokens / total_tokens
+        loss_sum += loss.item()  # the language loss; the anchor is reported on its own
+        if words is not None and images is not None:
+            anchor = anchor_loss(images.embeds, words, model.language_model.model.embed_tokens.weight,
+                                 anchor_denominator)
+            anchor_sum += anchor.item()
+            loss = loss + anchor_weight * anchor
         loss.backward()
-        loss_sum += loss.item()
     params = [p for p in model.parameters() if p.grad is not None]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip) if grad_clip > 0 else torch.tensor(0.0)
     for group in opt.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return {"loss": loss_sum, "grad_norm": float(grad_norm), "lr": lr, "tokens": total_tokens}
+    metrics = {"loss": loss_sum, "grad_norm": float(grad_norm), "lr": lr, "tokens": total_tokens}
+    return {**metrics, "anchor": anchor_sum} if anchor_weight else metrics
+
+
+def _anchor_words(model: InternVLModel, batch: Batch) -> Tensor | None:
+    """The word each image feature row of the batch should read as (IGNORE_INDEX where unknown), in row order."""
+    if batch.image_words is None:
+        return None
+    return batch.image_words[batch.input_ids == model.image_token_id]
 
 
 class SFTTrainer:
@@ -185,7 +207,8 @@ class SFTTrainer:
                 break
             t0 = time.perf_counter()
             batches = micro_batches(self.examples(self.step), self.cfg, self.pad_id)
-            m = train_step(self.model, self.opt, batches, lr_at(self.step, self.cfg), self.cfg.grad_clip)
+            m = train_step(self.model, self.opt, batches, lr_at(self.step, self.cfg), self.cfg.grad_clip,
+                           self.cfg.anchor_weight)
             self.step += 1
             m.update(step=self.step, tokens_per_s=m["tokens"] / (time.perf_counter() - t0), **self.cfg.extra)
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
