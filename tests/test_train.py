@@ -9,7 +9,7 @@ import torch
 
 from internvl35.checkpoint import build_model
 from internvl35.presets import preset
-from internvl35.train.loss import IGNORE_INDEX, anchor_loss, sample_weights, token_weight, weighted_ce
+from internvl35.train.loss import IGNORE_INDEX, anchor_loss, class_balanced_weights, sample_weights, token_weight, weighted_ce
 from internvl35.train.packing import TrainExample, collate, pack
 from internvl35.train.sft import SFTConfig, SFTTrainer, lr_at, micro_batches, train_step
 
@@ -90,14 +90,19 @@ def test_anchor_loss_equals_closed_form():
     table = torch.randn(7, 5)
     words = torch.tensor([3, IGNORE_INDEX, 0, 3])
     feats = torch.randn(4, 5)
-    expected = sum(((feats[i] - table[w]).pow(2).sum() / table[w].pow(2).sum()).item()
-                   for i, w in enumerate(words.tolist()) if w != IGNORE_INDEX) / 3
-    assert anchor_loss(feats, words, table, 3.0).item() == pytest.approx(expected, rel=1e-6)
-    assert anchor_loss(table[[3, 0, 3]], torch.tensor([3, 0, 3]), table, 3.0).item() == 0.0
+    [weights], present = class_balanced_weights([words])
+    assert weights.tolist() == [0.5, 0.0, 1.0, 0.5] and present.item() == 2  # each word weighs the same
+    expected = sum(w * ((feats[i] - table[k]).pow(2).sum() / table[k].pow(2).sum()).item()
+                   for i, (k, w) in enumerate(zip(words.tolist(), weights.tolist())) if k != IGNORE_INDEX) / 2
+    assert anchor_loss(feats, words, table, weights, present).item() == pytest.approx(expected, rel=1e-6)
+    assert anchor_loss(table[[3, 0, 3]], torch.tensor([3, 0, 3]), table, torch.ones(3), 3.0).item() == 0.0
     # The table is the target, not a parameter the loss moves.
     table.requires_grad_(True)
-    anchor_loss(feats.requires_grad_(True), words, table, 3.0).backward()
+    anchor_loss(feats.requires_grad_(True), words, table, weights, present).backward()
     assert table.grad is None and feats.grad[1].abs().sum() == 0 and feats.grad[0].abs().sum() > 0
+    # Counts span all micro-batches of a step.
+    split, present = class_balanced_weights([torch.tensor([3, 0]), torch.tensor([IGNORE_INDEX, 3])])
+    assert [w.tolist() for w in split] == [[0.5, 1.0], [0.0, 0.5]] and present.item() == 2
 
 
 def test_anchor_weight_pulls_image_tokens_to_their_words():

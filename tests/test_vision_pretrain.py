@@ -156,6 +156,32 @@ def test_anchored_pixel_examples_carry_the_word_of_each_image_token():
         TaskMix(families=("digits",), anchor_families=("shapes",))
 
 
+def test_the_alignment_anchor_brings_digit_tokens_to_their_words():
+    from dataclasses import replace
+
+    from internvl35.data.tokenizer import ChatTokenizer
+    from internvl35.train.vision_pretrain import AlignConfig, align_projector, dense_batch, label_words, projected_tokens
+
+    tok = ChatTokenizer.from_dir("internvl35/assets/internvl35-tiny")
+    cfg = preset("tiny-test")
+    cfg = replace(cfg, text=replace(cfg.text, vocab_size=tok.vocab_size, tie_word_embeddings=True),
+                  vision=replace(cfg.vision, image_size=112, patch_size=14))
+    pixels, labels = dense_batch(list(range(TEST_SEED_START, TEST_SEED_START + 4)), ("digits",), 112, 28)
+
+    def distance(anchor_weight: float) -> float:
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        align_projector(model, tok, AlignConfig(steps=40, batch_size=4, families=("digits",), progress=False,
+                                                anchor_weight=anchor_weight))
+        with torch.no_grad():
+            x = projected_tokens(model)(pixels)
+            target = model.language_model.output_weight[label_words(tok)[labels]]
+            return float(((x - target).pow(2).sum(-1) / target.pow(2).sum(-1)).mean())
+
+    anchored, free = distance(1.0), distance(0.0)
+    assert anchored < 0.5 < free  # cross-entropy alone leaves the tokens far from (and longer than) the words
+
+
 class _Draws:
     """Stands in for the generator `_varied` draws from: angle, scale, then the (dx, dy) move."""
 

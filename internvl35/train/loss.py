@@ -9,6 +9,7 @@ so packed samples never predict across their boundary.
 
 from __future__ import annotations
 
+import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
@@ -51,17 +52,32 @@ def weighted_ce(logits: Tensor, targets: Tensor, weights: Tensor, denominator: T
     return (w * ce).sum() / denominator
 
 
-def anchor_loss(features: Tensor, words: Tensor, embeddings: Tensor, denominator: Tensor | float) -> Tensor:
-    """sum over image tokens with a known word of ||f - e||^2 / ||e||^2, over `denominator`.
+def anchor_loss(features: Tensor, words: Tensor, embeddings: Tensor, weights: Tensor,
+                denominator: Tensor | float) -> Tensor:
+    """sum over image tokens of w * ||f - e||^2 / ||e||^2, over `denominator`.
 
     features (N, D): image tokens as they enter the language model; words (N,): the word id each should read
-    as, IGNORE_INDEX for none; embeddings (V, D): the word embedding table, a fixed target (no gradient). The
-    relative squared error is scale-free, so the loss weight means the same whatever the embeddings' norm.
+    as (IGNORE_INDEX: none, weight 0); embeddings (V, D): the word embedding table, a fixed target (no gradient);
+    weights (N,). The relative squared error is scale-free, so the loss weight means the same whatever the
+    embeddings' norm.
     """
     keep = words != IGNORE_INDEX
     target = embeddings.detach()[words[keep]].float()
     error = (features[keep].float() - target).pow(2).sum(-1) / target.pow(2).sum(-1).clamp_min(1e-12)
-    return error.sum() / denominator
+    return (weights[keep].float() * error).sum() / denominator
+
+
+def class_balanced_weights(words: list[Tensor]) -> tuple[list[Tensor], Tensor]:
+    """Per-token weights 1 / (tokens of that word in all of `words`), and their sum (the number of words present).
+
+    Each word then weighs the same in the anchor loss: the background, 60 of a digit scene's 64 tokens, would
+    otherwise drown the glyphs (measured: after a 100-step bridge the background tokens sat at 0.8% relative
+    error and the glyph tokens at 137%).
+    """
+    known = torch.cat([w[w != IGNORE_INDEX] for w in words])
+    counts = torch.bincount(known) if known.numel() else torch.zeros(0, dtype=torch.long)
+    weights = [torch.where(w != IGNORE_INDEX, 1.0 / counts[w.clamp_min(0)].clamp_min(1).float(), 0.0) for w in words]
+    return weights, torch.tensor(float((counts > 0).sum()))
 
 
 def shift_targets(labels: list[int]) -> list[int]:

@@ -24,7 +24,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from internvl35.model.internvl import InternVLModel
-from internvl35.train.loss import IGNORE_INDEX, anchor_loss, global_weight_sum, weighted_ce
+from internvl35.train.loss import anchor_loss, class_balanced_weights, global_weight_sum, weighted_ce
 from internvl35.train.packing import Batch, TrainExample, collate, pack
 from internvl35.train.state import latest_checkpoint, load_train_state, save_train_state
 
@@ -129,8 +129,10 @@ def train_step(model: InternVLModel, opt: torch.optim.Optimizer, batches: list[B
     """One optimizer step over all micro-batches of a global batch; returns metrics."""
     denominator = global_weight_sum(torch.stack([b.weights.sum() for b in batches]))
     anchored = [_anchor_words(model, b) if anchor_weight else None for b in batches]
-    anchor_denominator = global_weight_sum(torch.stack(
-        [(w != IGNORE_INDEX).sum() for w in anchored if w is not None] or [torch.tensor(0)])).clamp_min(1)
+    known = [w for w in anchored if w is not None]
+    anchor_weights, words_present = class_balanced_weights(known) if known else ([], torch.tensor(0.0))
+    anchor_weights = iter(anchor_weights)
+    anchor_denominator = words_present.clamp_min(1)  # one process; ranks would need a shared word count
     total_tokens = sum(b.num_tokens for b in batches)
     loss_sum = anchor_sum = 0.0
     for b, words in zip(batches, anchored):
@@ -140,9 +142,9 @@ def train_step(model: InternVLModel, opt: torch.optim.Optimizer, batches: list[B
         if out.aux_loss is not None:
             loss = loss + model.config.text.router_aux_loss_coef * out.aux_loss * b.num_tokens / total_tokens
         loss_sum += loss.item()  # the language loss; the anchor is reported on its own
-        if words is not None and images is not None:
+        if words is not None:
             anchor = anchor_loss(images.embeds, words, model.language_model.model.embed_tokens.weight,
-                                 anchor_denominator)
+                                 next(anchor_weights), anchor_denominator)
             anchor_sum += anchor.item()
             loss = loss + anchor_weight * anchor
         loss.backward()

@@ -29,6 +29,7 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from internvl35.data.chat import IGNORE_INDEX
 from internvl35.data.tiling import to_tensor
 from internvl35.data.tokenizer import ChatTokenizer
 from internvl35.model.internvl import InternVLModel
@@ -36,6 +37,7 @@ from internvl35.model.projector import pixel_shuffle
 from internvl35.model.vision import InternViT
 from internvl35.tasks import digits, shapes
 from internvl35.tasks.base import TEST_SEED_START
+from internvl35.train.loss import anchor_loss, class_balanced_weights
 
 Box = tuple[int, int, int, int]
 DenseScene = Callable[[int, int], tuple[Image.Image, list[tuple[Box, str]]]]  # (seed, size) -> image, labelled boxes
@@ -92,20 +94,26 @@ def _lr(step: int, cfg: VisionPretrainConfig) -> float:
 
 
 TokenLogits = Callable[[Tensor], Tensor]  # pixels (B, 3, S, S) -> per-token label scores (B, tokens, len(LABELS))
+TokenLoss = Callable[[Tensor, Tensor], Tensor]  # pixels (B, 3, S, S), labels (B, tokens) -> scalar loss
 
 
-def _train_dense(cfg: VisionPretrainConfig, params: list[Tensor], token_logits: TokenLogits, image_size: int,
+def dense_ce(logits: Tensor, labels: Tensor, background_weight: float) -> Tensor:
+    """Cross-entropy of token labels, the background down-weighted (most tokens are background)."""
+    class_weight = torch.ones(logits.shape[-1])
+    class_weight[LABEL_ID["background"]] = background_weight
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), weight=class_weight)
+
+
+def _train_dense(cfg: VisionPretrainConfig, params: list[Tensor], token_loss: TokenLoss, image_size: int,
                  cell: int, desc: str) -> float:
-    """The loop both stages share: weighted cross-entropy of token labels on train scenes; returns the last loss."""
-    class_weight = torch.ones(len(LABELS))
-    class_weight[LABEL_ID["background"]] = cfg.background_weight
+    """The loop both stages share: a loss of token labels on train scenes; returns the last loss."""
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95), fused=True)
     loss = torch.tensor(float("nan"))
     bar = tqdm(range(cfg.steps), disable=not cfg.progress, desc=desc, unit="step")
     for step in bar:
         seeds = list(range(step * cfg.batch_size, (step + 1) * cfg.batch_size))
         pixels, labels = dense_batch(seeds, cfg.families, image_size, cell)
-        loss = F.cross_entropy(token_logits(pixels).flatten(0, 1), labels.flatten(), weight=class_weight)
+        loss = token_loss(pixels, labels)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         for group in opt.param_groups:
@@ -141,7 +149,9 @@ def pretrain_vision(vit: InternViT, cfg: VisionPretrainConfig, downsample_ratio:
     size, cell = vit.config.image_size, token_px(vit.config.patch_size, downsample_ratio)
     t0 = time.perf_counter()
     vit.train()
-    loss = _train_dense(cfg, [*vit.parameters(), *head.parameters()], token_logits, size, cell, "vision pretrain")
+    loss = _train_dense(cfg, [*vit.parameters(), *head.parameters()],
+                        lambda pixels, labels: dense_ce(token_logits(pixels), labels, cfg.background_weight),
+                        size, cell, "vision pretrain")
     vit.eval()
     return {"loss": loss, "seconds": time.perf_counter() - t0,
             **evaluate_dense(token_logits, cfg.families, size, cell)}
@@ -165,6 +175,16 @@ class AlignConfig(VisionPretrainConfig):
     lr: float = 2e-3
     warmup_steps: int = 10
     weight_decay: float = 0.0
+    # Weight of the anchor loss (`train.loss.anchor_loss`) on background and digit tokens: it holds each image token
+    # near its word's embedding, not only scoring it highest. Cross-entropy alone grows the tokens without bound:
+    # they ended ~130x longer than the word embeddings, and such tokens barely move under the language model's
+    # layers (docs/results.md, E31-E34). 0 = cross-entropy only.
+    anchor_weight: float = 0.0
+    # Multiplies the readout's logits (token . word). With the anchor, tokens and words meet where the logit gaps make
+    # the cross-entropy small, so the scale sets the words' norm: digit words end at 2.2 with 1, 1.0 with 16 and 0.55
+    # with 64, where cross-entropy alone leaves them at 0.52 (and the tokens at 69). The words warm-up learned slower
+    # at 2.2 (docs/results.md, E34).
+    logit_scale: float = 1.0
 
 
 def label_words(tokenizer: ChatTokenizer) -> Tensor:
@@ -174,17 +194,22 @@ def label_words(tokenizer: ChatTokenizer) -> Tensor:
     return torch.tensor([tokenizer.encode_text(w)[0] for w in words])
 
 
-def aligned_token_logits(model: InternVLModel, targets: Tensor) -> TokenLogits:
-    """Stage 0b's readout: each image token's scores of the label words `targets` under the tied output head,
-    through the frozen ViT and the trainable mlp1."""
+def projected_tokens(model: InternVLModel) -> Callable[[Tensor], Tensor]:
+    """Pixels -> image tokens as the language model gets them, through the frozen ViT and the trainable mlp1."""
     vit, ratio = model.vision_model, model.config.downsample_ratio
 
-    def token_logits(pixels: Tensor) -> Tensor:
+    def tokens(pixels: Tensor) -> Tensor:
         with torch.no_grad():
             feats = pixel_shuffle(vit(pixels), ratio)
-        return F.linear(model.mlp1(feats), model.language_model.output_weight)[..., targets]
+        return model.mlp1(feats)
 
-    return token_logits
+    return tokens
+
+
+def aligned_token_logits(model: InternVLModel, targets: Tensor) -> TokenLogits:
+    """Stage 0b's readout: each image token's scores of the label words `targets` under the tied output head."""
+    tokens = projected_tokens(model)
+    return lambda pixels: F.linear(tokens(pixels), model.language_model.output_weight)[..., targets]
 
 
 def align_projector(model: InternVLModel, tokenizer: ChatTokenizer, cfg: AlignConfig) -> dict:
@@ -193,18 +218,31 @@ def align_projector(model: InternVLModel, tokenizer: ChatTokenizer, cfg: AlignCo
     With tied embeddings the output head *is* the embedding table, so afterwards an image token of a
     "7" enters the language model close to the text token "7", and anything that moves it to the
     answer position already predicts "7". The random language model then only has to learn where to
-    look, not also what the features mean: the slow part of learning to read from scratch.
+    look, not also what the features mean: the slow part of learning to read from scratch. With
+    `cfg.anchor_weight`, background and digit tokens are also held near their words' embeddings (shape tokens
+    are not: their word, the colour, would erase the shape).
     Needs tied embeddings; the ViT stays frozen (stage 0 trained it).
     """
     lm = model.language_model
     if lm.lm_head is not None:
         raise ValueError("projector alignment needs tied word embeddings (tie_word_embeddings=True)")
     vit = model.vision_model
-    token_logits = aligned_token_logits(model, label_words(tokenizer))
+    words = label_words(tokenizer)
+    tokens = projected_tokens(model)
+
+    def token_loss(pixels: Tensor, labels: Tensor) -> Tensor:
+        x = tokens(pixels)
+        loss = dense_ce(cfg.logit_scale * F.linear(x, lm.output_weight)[..., words], labels, cfg.background_weight)
+        if cfg.anchor_weight:
+            named = torch.where(labels <= LABEL_ID["digit 9"], words[labels], IGNORE_INDEX).flatten()
+            [weights], present = class_balanced_weights([named])
+            loss = loss + cfg.anchor_weight * anchor_loss(x.flatten(0, 1), named, lm.output_weight, weights, present)
+        return loss
+
     size, cell = vit.config.image_size, token_px(vit.config.patch_size, model.config.downsample_ratio)
     t0 = time.perf_counter()
     vit.eval()
-    loss = _train_dense(cfg, [*model.mlp1.parameters(), lm.output_weight], token_logits, size, cell,
+    loss = _train_dense(cfg, [*model.mlp1.parameters(), lm.output_weight], token_loss, size, cell,
                         "projector alignment")
     return {"loss": loss, "seconds": time.perf_counter() - t0,
-            **evaluate_dense(token_logits, cfg.families, size, cell)}
+            **evaluate_dense(aligned_token_logits(model, words), cfg.families, size, cell)}
