@@ -160,7 +160,9 @@ def test_the_alignment_anchor_brings_digit_tokens_to_their_words():
     from dataclasses import replace
 
     from internvl35.data.tokenizer import ChatTokenizer
-    from internvl35.train.vision_pretrain import AlignConfig, align_projector, dense_batch, label_words, projected_tokens
+    from internvl35.train.vision_pretrain import (
+        AlignConfig, align_projector, dense_batch, label_words, projected_tokens,
+    )
 
     tok = ChatTokenizer.from_dir("internvl35/assets/internvl35-tiny")
     cfg = preset("tiny-test")

@@ -97,7 +97,7 @@ class TaskSource:
         fits = self._words is not None and symbolic_fits(sample, self.config)
         if fits and self.mix.symbolic_ratio and rng.random() < self.mix.symbolic_ratio:
             return symbolic_example(inputs, sample, self._words, self.config)
-        anchored = fits and sample.family in self.mix.anchor_families and inputs.tiles_per_image == [1]
+        anchored = fits and sample.family in self.mix.anchor_families
         return TrainExample(inputs.input_ids, inputs.labels, inputs.pixel_values,
                             layout_words(inputs, sample, self._words, self.config) if anchored else None)
 

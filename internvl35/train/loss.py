@@ -74,6 +74,8 @@ def class_balanced_weights(words: list[Tensor]) -> tuple[list[Tensor], Tensor]:
     otherwise drown the glyphs (measured: after a 100-step bridge the background tokens sat at 0.8% relative
     error and the glyph tokens at 137%).
     """
+    if not words:
+        return [], torch.tensor(0.0)
     known = torch.cat([w[w != IGNORE_INDEX] for w in words])
     counts = torch.bincount(known) if known.numel() else torch.zeros(0, dtype=torch.long)
     weights = [torch.where(w != IGNORE_INDEX, 1.0 / counts[w.clamp_min(0)].clamp_min(1).float(), 0.0) for w in words]

@@ -129,8 +129,7 @@ def train_step(model: InternVLModel, opt: torch.optim.Optimizer, batches: list[B
     """One optimizer step over all micro-batches of a global batch; returns metrics."""
     denominator = global_weight_sum(torch.stack([b.weights.sum() for b in batches]))
     anchored = [_anchor_words(model, b) if anchor_weight else None for b in batches]
-    known = [w for w in anchored if w is not None]
-    anchor_weights, words_present = class_balanced_weights(known) if known else ([], torch.tensor(0.0))
+    anchor_weights, words_present = class_balanced_weights([w for w in anchored if w is not None])
     anchor_weights = iter(anchor_weights)
     anchor_denominator = words_present.clamp_min(1)  # one process; ranks would need a shared word count
     total_tokens = sum(b.num_tokens for b in batches)
