@@ -198,14 +198,17 @@ def test_interrupted_checkpoint_write_leaves_previous_intact(tmp_path, monkeypat
 
 
 def test_segment_attention_equals_block_mask():
-    from internvl35.model.attention import packed_input
+    from internvl35.model.attention import AttentionInput, segmented_input
 
     torch.manual_seed(0)
     model = build_model(_config())
     lengths = [5, 9, 3]
     ids = torch.randint(0, 400, (1, sum(lengths)))
-    masked = packed_input(lengths)
-    segmented = type(masked)(positions=masked.positions, segments=[lengths])
+    segmented = segmented_input(lengths)
+    segment = torch.repeat_interleave(torch.arange(3), torch.tensor(lengths))
+    block_causal = torch.ones(17, 17, dtype=torch.bool).tril() & (segment[:, None] == segment[None, :])
+    masked = AttentionInput(positions=segmented.positions, mask=block_causal[None, None])
+    assert segmented.positions.tolist() == [[*range(5), *range(9), *range(3)]]
     with torch.no_grad():
         a = model(ids, attn=masked).logits
         b = model(ids, attn=segmented).logits

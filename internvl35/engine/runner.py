@@ -1,6 +1,6 @@
 """Builds batched model inputs, runs the model and samples. Never touches a queue: it is handed sequences.
 
-Prefill packs the admitted prompts into one row (T = sum of prompt lengths) with a block-causal mask,
+Prefill packs the admitted prompts into one row (T = sum of prompt lengths), attends within each prompt,
 writes every token's keys/values into its slot, and computes logits only at each prompt's last token.
 Decode runs every running sequence as one row of a (n, 1) batch over the dense cache prefix.
 """
@@ -10,11 +10,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from internvl35.engine.head import OutputHead
 from internvl35.engine.kv_cache import SlotKVCache
 from internvl35.engine.sampling import sample
 from internvl35.engine.sequence import Sequence
-from internvl35.model.attention import AttentionInput, packed_input
+from internvl35.model.attention import AttentionInput, segmented_input
 from internvl35.model.internvl import ImageFeatures, InternVLModel
 
 
@@ -26,7 +25,6 @@ class ModelRunner:
         self.cache = SlotKVCache(t.num_hidden_layers, max_slots, t.num_key_value_heads, max_seq_len, t.head_dim,
                                  dtype, device)
         self.arange = torch.arange(max_seq_len, device=device)
-        self.head = OutputHead(model.language_model.output_weight)
 
     def _tensor(self, values: list[int]) -> Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)
@@ -51,7 +49,7 @@ class ModelRunner:
         if len(seqs) == 1:
             attn = AttentionInput(positions=self.arange[: lens[0]][None])  # plain causal: the fast kernel
         else:
-            attn = packed_input(lens, self.device)
+            attn = segmented_input(lens, self.device)
         slots = self._tensor([s.slot for s, n in zip(seqs, lens) for _ in range(n)])
         attn.cache = self.cache.prefill(slots, attn.positions[0])
         parts = [s.image_features for s in seqs if s.image_features is not None]
@@ -75,13 +73,12 @@ class ModelRunner:
         # Rows of equal length need no mask: every cached position is theirs.
         mask = None if min(pos_list) == L - 1 else (self.arange[:L][None] <= pos[:, None])[:, None, None]
         attn = AttentionInput(positions=pos[:, None], mask=mask, cache=self.cache.decode(pos, L))
-        # The model's own steps up to the final norm; the vocabulary projection is the engine's
-        # OutputHead (same math, a CPU layout that is faster at several rows). Decoded tokens are never
-        # <IMG_CONTEXT> (`sample` masks it), so the plain embedding lookup is exact and skips `embed`'s
-        # host-side count of image tokens, a device sync per step on a GPU.
-        lm = self.model.language_model.model
-        hidden, _ = lm(lm.embed_tokens(ids), attn)
-        return self.head(hidden[:, -1])
+        # The model's own steps, minus `embed`: decoded tokens are never <IMG_CONTEXT> (`sample` masks
+        # it), so the plain embedding lookup is exact and skips `embed`'s host-side count of image
+        # tokens, a device sync per step on a GPU.
+        language_model = self.model.language_model
+        hidden, _ = language_model.model(language_model.model.embed_tokens(ids), attn)
+        return language_model.logits(hidden[:, -1])
 
     # ---- sampling and cache moves ----------------------------------------------------------------------
 

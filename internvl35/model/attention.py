@@ -43,16 +43,16 @@ def causal_input(batch: int, length: int, device: torch.device | str = "cpu") ->
     return AttentionInput(positions=positions)
 
 
-def packed_input(sample_lengths: list[int], device: torch.device | str = "cpu") -> AttentionInput:
-    """One packed row holding several samples: positions restart and attention stays inside each sample."""
-    total = sum(sample_lengths)
-    segment = torch.repeat_interleave(torch.arange(len(sample_lengths), device=device),
-                                      torch.tensor(sample_lengths, device=device))
+def _packed_positions(sample_lengths: list[int], device: torch.device | str) -> Tensor:
+    """(T,) positions of samples laid end to end, restarting at 0 for each sample."""
+    lengths = torch.tensor(sample_lengths, device=device)
     starts = torch.cumsum(torch.tensor([0, *sample_lengths[:-1]], device=device), 0)
-    positions = torch.arange(total, device=device) - torch.repeat_interleave(starts, torch.tensor(sample_lengths, device=device))
-    causal = torch.ones(total, total, dtype=torch.bool, device=device).tril()
-    same = segment[:, None] == segment[None, :]
-    return AttentionInput(positions=positions[None], mask=(causal & same)[None, None])
+    return torch.arange(sum(sample_lengths), device=device) - torch.repeat_interleave(starts, lengths)
+
+
+def segmented_input(sample_lengths: list[int], device: torch.device | str = "cpu") -> AttentionInput:
+    """One packed row holding several samples; attention runs inside each sample (sum(L_i^2) work, no mask)."""
+    return AttentionInput(positions=_packed_positions(sample_lengths, device)[None], segments=[list(sample_lengths)])
 
 
 def segment_attention(q: Tensor, k: Tensor, v: Tensor, segments: list[list[int]], gqa: bool) -> Tensor:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from internvl35.model.linear import Linear
+
 
 def pixel_shuffle(x: Tensor, ratio: float) -> Tensor:
     """Merge each p x p block of patches into one token, p = 1/ratio.
@@ -25,4 +27,4 @@ def pixel_shuffle(x: Tensor, ratio: float) -> Tensor:
 def make_projector(vision_dim: int, ratio: float, text_dim: int) -> nn.Sequential:
     """`mlp1`: LayerNorm(4C) -> Linear(4C, D) -> GELU -> Linear(D, D); keys mlp1.{0,1,3}."""
     d_in = vision_dim * round(1 / ratio) ** 2
-    return nn.Sequential(nn.LayerNorm(d_in), nn.Linear(d_in, text_dim), nn.GELU(), nn.Linear(text_dim, text_dim))
+    return nn.Sequential(nn.LayerNorm(d_in), Linear(d_in, text_dim), nn.GELU(), Linear(text_dim, text_dim))

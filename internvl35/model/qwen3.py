@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from internvl35.config import TextConfig
 from internvl35.model.attention import AttentionInput, segment_attention
+from internvl35.model.linear import Linear, PackedWeight, grouped_linear, linear
 from internvl35.model.norm import RMSNorm
 
 
@@ -39,18 +40,20 @@ class Attention(nn.Module):
         self.layer = layer
         self.n_heads, self.n_kv, self.hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         D = cfg.hidden_size
-        self.q_proj = nn.Linear(D, self.n_heads * self.hd, bias=False)
-        self.k_proj = nn.Linear(D, self.n_kv * self.hd, bias=False)
-        self.v_proj = nn.Linear(D, self.n_kv * self.hd, bias=False)
-        self.o_proj = nn.Linear(self.n_heads * self.hd, D, bias=False)
+        self.q_proj = Linear(D, self.n_heads * self.hd, bias=False)
+        self.k_proj = Linear(D, self.n_kv * self.hd, bias=False)
+        self.v_proj = Linear(D, self.n_kv * self.hd, bias=False)
+        self.o_proj = Linear(self.n_heads * self.hd, D, bias=False)
         self.q_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
+        self._packed_qkv = PackedWeight()
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], attn: AttentionInput) -> Tensor:
         B, T, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(B, T, self.n_heads, self.hd)).transpose(1, 2)  # (B, nh, T, hs)
-        k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv, self.hd)).transpose(1, 2)  # (B, nkv, T, hs)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        q, k, v = grouped_linear(x, (self.q_proj, self.k_proj, self.v_proj), self._packed_qkv)
+        q = self.q_norm(q.view(B, T, self.n_heads, self.hd)).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.k_norm(k.view(B, T, self.n_kv, self.hd)).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if attn.cache is not None:
             k, v = attn.cache.update(self.layer, k, v)
@@ -67,12 +70,14 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, hidden: int, inner: int) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(hidden, inner, bias=False)
-        self.up_proj = nn.Linear(hidden, inner, bias=False)
-        self.down_proj = nn.Linear(inner, hidden, bias=False)
+        self.gate_proj = Linear(hidden, inner, bias=False)
+        self.up_proj = Linear(hidden, inner, bias=False)
+        self.down_proj = Linear(inner, hidden, bias=False)
+        self._packed_gate_up = PackedWeight()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = grouped_linear(x, (self.gate_proj, self.up_proj), self._packed_gate_up)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class MoE(nn.Module):
@@ -81,7 +86,7 @@ class MoE(nn.Module):
     def __init__(self, cfg: TextConfig) -> None:
         super().__init__()
         self.top_k, self.norm_topk_prob = cfg.num_experts_per_tok, cfg.norm_topk_prob
-        self.gate = nn.Linear(cfg.hidden_size, cfg.num_experts, bias=False)
+        self.gate = Linear(cfg.hidden_size, cfg.num_experts, bias=False)
         self.experts = nn.ModuleList(MLP(cfg.hidden_size, cfg.moe_intermediate_size) for _ in range(cfg.num_experts))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -142,7 +147,8 @@ class Qwen3ForCausalLM(nn.Module):
         self.config = cfg
         self.model = Qwen3Model(cfg)
         # Tied models have no lm_head parameter at all: the embedding is the single source of truth.
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self._packed_output = PackedWeight()
 
     @property
     def output_weight(self) -> Tensor:
@@ -150,7 +156,7 @@ class Qwen3ForCausalLM(nn.Module):
         return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
     def logits(self, hidden: Tensor) -> Tensor:
-        return F.linear(hidden, self.output_weight)
+        return linear(hidden, self.output_weight, None, self._packed_output)
 
 
 def load_balancing_loss(router_logits: list[Tensor], num_experts: int, top_k: int) -> Tensor:

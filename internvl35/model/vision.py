@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from internvl35.config import VisionConfig
+from internvl35.model.linear import Linear
 from internvl35.model.norm import RMSNorm, make_norm
 
 
@@ -48,8 +49,8 @@ class VisionAttention(nn.Module):
         super().__init__()
         C = cfg.hidden_size
         self.num_heads = cfg.num_attention_heads
-        self.qkv = nn.Linear(C, 3 * C, bias=cfg.qkv_bias)
-        self.proj = nn.Linear(C, C)
+        self.qkv = Linear(C, 3 * C, bias=cfg.qkv_bias)
+        self.proj = Linear(C, C)
         self.qk_normalization = cfg.qk_normalization
         if cfg.qk_normalization:
             # InternViT-6B normalises the whole C-wide q and k, before the split into heads.
@@ -69,8 +70,8 @@ class VisionAttention(nn.Module):
 class VisionMLP(nn.Module):
     def __init__(self, cfg: VisionConfig) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
-        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.fc1 = Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.fc2 = Linear(cfg.intermediate_size, cfg.hidden_size)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(F.gelu(self.fc1(x)))

@@ -1,0 +1,88 @@
+"""The packed CPU linear: same math as F.linear, never stale, never on the autograd path."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from internvl35.model import linear as linear_mod
+from internvl35.model.linear import Linear
+
+pytestmark = pytest.mark.skipif(not linear_mod._AVAILABLE, reason="oneDNN weight packing not available")
+
+
+def _layer(bias: bool = True) -> Linear:
+    torch.manual_seed(0)
+    return Linear(48, 300, bias=bias)
+
+
+def _reference(layer: Linear, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, layer.weight, layer.bias)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(1, 48), (3, 48), (8, 48), (2, 5, 48), (0, 48)])
+def test_packed_matches_f_linear(bias, shape):
+    layer = _layer(bias)
+    x = torch.randn(shape)
+    with torch.inference_mode():
+        out = layer(x)
+    assert layer._packed_weight._key is not None  # the packed path ran
+    torch.testing.assert_close(out, _reference(layer, x), rtol=1e-5, atol=1e-5)
+
+
+def test_non_contiguous_input():
+    layer = _layer()
+    x = torch.randn(7, 3, 48).transpose(0, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), _reference(layer, x), rtol=1e-5, atol=1e-5)
+
+
+def test_follows_in_place_updates_and_reassignment():
+    layer = _layer()
+    x = torch.randn(4, 48)
+    with torch.no_grad():
+        layer(x)
+        layer.weight.mul_(2.0)  # an optimizer step between RL rollouts
+        torch.testing.assert_close(layer(x), _reference(layer, x), rtol=1e-5, atol=1e-5)
+        layer.weight = torch.nn.Parameter(torch.randn(300, 48))  # a reassigned parameter
+        torch.testing.assert_close(layer(x), _reference(layer, x), rtol=1e-5, atol=1e-5)
+        layer.weight.data = torch.randn(300, 48)  # a swapped storage
+        torch.testing.assert_close(layer(x), _reference(layer, x), rtol=1e-5, atol=1e-5)
+        layer.load_state_dict({"weight": torch.randn(300, 48), "bias": torch.randn(300)})
+        torch.testing.assert_close(layer(x), _reference(layer, x), rtol=1e-5, atol=1e-5)
+
+
+def test_training_takes_f_linear_and_gets_gradients():
+    layer = _layer()
+    x = torch.randn(4, 48)
+    layer(x).square().sum().backward()
+    assert layer._packed_weight._key is None  # autograd needed a graph: the packed op never ran
+    expected = torch.autograd.grad(F.linear(x, layer.weight, layer.bias).square().sum(), layer.weight)[0]
+    torch.testing.assert_close(layer.weight.grad, expected)
+
+
+def test_input_that_needs_grad_is_not_packed():
+    layer = _layer().requires_grad_(False)  # a frozen layer in front of a trained one
+    x = torch.randn(4, 48, requires_grad=True)
+    layer(x).sum().backward()
+    assert x.grad is not None and layer._packed_weight._key is None
+
+
+def test_other_dtypes_fall_back():
+    layer = _layer().to(torch.bfloat16)
+    with torch.no_grad():
+        layer(torch.randn(2, 48, dtype=torch.bfloat16))
+    assert layer._packed_weight._key is None
+
+
+def test_copy_starts_without_a_packed_weight():
+    layer = _layer()
+    with torch.no_grad():
+        layer(torch.randn(2, 48))
+    twin = copy.deepcopy(layer)
+    assert twin._packed_weight._key is None
+    with torch.no_grad():
+        twin.weight.zero_()
+        assert (twin(torch.randn(2, 48)) - twin.bias).abs().max() < 1e-6  # not the original's weights
