@@ -86,3 +86,33 @@ def test_copy_starts_without_a_packed_weight():
     with torch.no_grad():
         twin.weight.zero_()
         assert (twin(torch.randn(2, 48)) - twin.bias).abs().max() < 1e-6  # not the original's weights
+
+
+def test_grouped_linear_matches_the_separate_layers_and_follows_each():
+    from internvl35.model.linear import PackedWeight, grouped_linear
+
+    torch.manual_seed(0)
+    layers = [Linear(48, n, bias=False) for n in (64, 32, 32)]
+    group = PackedWeight()
+    x = torch.randn(2, 3, 48)
+    with torch.no_grad():
+        for _ in range(2):  # the second round: after one member alone changed
+            outs = grouped_linear(x, layers, group)
+            assert [o.shape[-1] for o in outs] == [64, 32, 32]
+            for out, layer in zip(outs, layers):
+                torch.testing.assert_close(out, _reference(layer, x), rtol=1e-5, atol=1e-5)
+            layers[1].weight.add_(1.0)
+    assert group._key is not None
+    # With autograd on, each layer runs itself, and gradients reach every weight.
+    sum(o.sum() for o in grouped_linear(x, layers, group)).backward()
+    assert all(layer.weight.grad is not None for layer in layers)
+
+
+def test_environment_switch_turns_packing_off(monkeypatch):
+    monkeypatch.setenv("INTERNVL35_PACKED_LINEAR", "0")
+    assert not linear_mod._available()
+    monkeypatch.setattr(linear_mod, "_AVAILABLE", False)
+    layer = _layer()
+    with torch.no_grad():
+        layer(torch.randn(2, 48))
+    assert layer._packed_weight._key is None

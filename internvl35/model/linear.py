@@ -1,10 +1,10 @@
 """Linear layers that run inference on CPU through a weight pre-packed for oneDNN.
 
-`F.linear` in fp32 on CPU goes to MKL's GEMM. On the AMD EPYC (Zen 4) machine this project develops on,
-oneDNN over a weight reordered once into its blocked layout is 2.3x faster on prefill shapes and 3-4x
-faster at the 1-8 rows of a decode step (docs/benchmarks.md); on an Intel Xeon it was about as fast as
-MKL. So inference (no autograd graph to build) on CPU in fp32 uses the packed copy; everything else
-(training, GPU, other dtypes, sharded weights) is plain `F.linear`.
+`F.linear` in fp32 on CPU goes to MKL's GEMM. On an AMD EPYC VM with AVX-512, oneDNN over a weight
+reordered once into its blocked layout was 2.3x faster on prefill shapes and 3-5x faster at the 1-8 rows
+of a decode step (docs/benchmarks.md); on an Intel Xeon VM, where MKL is at its best, it was no faster for
+the decoder's matrices. So inference (no autograd graph to build) on CPU in fp32 uses the packed copy;
+everything else (training, GPU, other dtypes, sharded weights) is plain `F.linear`.
 
 The packed copy is derived state, never saved. It is rebuilt whenever the weight changes: an in-place
 update (an optimizer step between RL rollouts bumps the version counter), a reassigned or moved tensor
