@@ -54,20 +54,52 @@ def test_follows_in_place_updates_and_reassignment():
         torch.testing.assert_close(layer(x), _reference(layer, x), rtol=1e-5, atol=1e-5)
 
 
-def test_training_takes_f_linear_and_gets_gradients():
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_training_matches_f_linear_values_and_gradients(bias, input_grad):
+    layer = _layer(bias)
+    reference = copy.deepcopy(layer)
+    x = torch.randn(2, 5, 48, requires_grad=input_grad)
+    x_ref = x.detach().clone().requires_grad_(input_grad)
+    g = torch.randn(2, 5, 300)
+    out = layer(x)
+    assert layer._packed_weight_t._key is not None  # the packed training path ran
+    out.backward(g)
+    expected = F.linear(x_ref, reference.weight, reference.bias)
+    expected.backward(g)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.weight.grad, reference.weight.grad, rtol=1e-5, atol=1e-4)
+    if bias:
+        torch.testing.assert_close(layer.bias.grad, reference.bias.grad, rtol=1e-5, atol=1e-4)
+    if input_grad:
+        torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_training_repacks_after_each_optimizer_step_only():
     layer = _layer()
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
     x = torch.randn(4, 48)
-    layer(x).square().sum().backward()
-    assert layer._packed_weight._key is None  # autograd needed a graph: the packed op never ran
-    expected = torch.autograd.grad(F.linear(x, layer.weight, layer.bias).square().sum(), layer.weight)[0]
-    torch.testing.assert_close(layer.weight.grad, expected)
+    seen = []
+    for _ in range(3):
+        keys = []
+        for _ in range(2):  # two micro-batches share one packed copy
+            layer(x).square().mean().backward()
+            keys.append(layer._packed_weight._key)
+        assert keys[0] == keys[1]
+        seen.append(keys[0])
+        opt.step()
+        opt.zero_grad()
+    assert len(set(seen)) == 3  # one packed copy per optimizer step
+    with torch.no_grad():  # after the last step, nothing stale is served
+        torch.testing.assert_close(layer(x), _reference(layer, x), rtol=1e-5, atol=1e-5)
 
 
-def test_input_that_needs_grad_is_not_packed():
+def test_frozen_layer_passes_the_input_gradient():
     layer = _layer().requires_grad_(False)  # a frozen layer in front of a trained one
     x = torch.randn(4, 48, requires_grad=True)
     layer(x).sum().backward()
-    assert x.grad is not None and layer._packed_weight._key is None
+    torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(4, -1), rtol=1e-5, atol=1e-5)
+    assert layer.weight.grad is None
 
 
 def test_other_dtypes_fall_back():
@@ -103,7 +135,7 @@ def test_grouped_linear_matches_the_separate_layers_and_follows_each():
                 torch.testing.assert_close(out, _reference(layer, x), rtol=1e-5, atol=1e-5)
             layers[1].weight.add_(1.0)
     assert group._key is not None
-    # With autograd on, each layer runs itself, and gradients reach every weight.
+    # With autograd on, each layer runs itself (the training path), and gradients reach every weight.
     sum(o.sum() for o in grouped_linear(x, layers, group)).backward()
     assert all(layer.weight.grad is not None for layer in layers)
 
@@ -116,3 +148,14 @@ def test_environment_switch_turns_packing_off(monkeypatch):
     with torch.no_grad():
         layer(torch.randn(2, 48))
     assert layer._packed_weight._key is None
+
+
+def test_fused_adamw_steps_are_seen():
+    # Fused AdamW writes the weights without bumping their version counters.
+    layer = _layer()
+    opt = torch.optim.AdamW(layer.parameters(), lr=0.1, fused=True)
+    x = torch.randn(4, 48)
+    layer(x).square().mean().backward()
+    opt.step()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), _reference(layer, x), rtol=1e-5, atol=1e-5)

@@ -148,7 +148,7 @@ class Qwen3ForCausalLM(nn.Module):
         self.model = Qwen3Model(cfg)
         # Tied models have no lm_head parameter at all: the embedding is the single source of truth.
         self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self._packed_output = PackedWeight()
+        self._packed_output, self._packed_output_t = PackedWeight(), PackedWeight(transpose=True)
 
     @property
     def output_weight(self) -> Tensor:
@@ -156,7 +156,7 @@ class Qwen3ForCausalLM(nn.Module):
         return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
     def logits(self, hidden: Tensor) -> Tensor:
-        return linear(hidden, self.output_weight, None, self._packed_output)
+        return linear(hidden, self.output_weight, None, self._packed_output, self._packed_output_t)
 
 
 def load_balancing_loss(router_logits: list[Tensor], num_experts: int, top_k: int) -> Tensor:
