@@ -15,6 +15,8 @@ of these and are not seen. The copies cost up to two extra copies of the weights
 Set INTERNVL35_PACKED_LINEAR=0 to turn them off.
 """
 
+from __future__ import annotations
+
 import os
 import weakref
 from collections.abc import Sequence
