@@ -215,3 +215,16 @@ def test_decode_keeps_answer_markup_but_drops_structural_tokens():
     ids = tok.encode_trusted("<|im_start|>assistant\n<ref>the button</ref><box>[[1, 2, 3, 4]]</box><|im_end|>")
     assert tok.decode(ids) == "assistant\n<ref>the button</ref><box>[[1, 2, 3, 4]]</box>"
     assert tok.decode(ids, skip_special_tokens=False).startswith("<|im_start|>")
+
+
+def test_train_tokenizer_places_extra_special_tokens_after_the_internvl_ones():
+    from internvl35.data.tokenizer import SPECIAL_TOKENS, train_tokenizer
+
+    texts = ["the red circle is left of the blue square"] * 50
+    tok = train_tokenizer(texts, vocab_size=400, extra_special=("<|a|>", "<|b|>"))
+    ids = tok.added_token_ids
+    assert [ids[t] for t in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
+    assert (ids["<|a|>"], ids["<|b|>"]) == (len(SPECIAL_TOKENS), len(SPECIAL_TOKENS) + 1)
+    assert tok.vocab_size <= 400  # the special tokens count within the budget
+    with pytest.raises(ValueError, match="16 special tokens"):
+        train_tokenizer(texts, vocab_size=270, extra_special=("<|a|>", "<|b|>"))

@@ -201,3 +201,64 @@ def test_varied_train_glyphs_move_by_the_drawn_amount():
     moved = np.asarray(digits._varied(0, 28, _Draws(0.0, 1.0, np.array([2.0, -3.0]))))
     np.testing.assert_array_equal(moved[:-3, 2:], original[3:, :-2])  # 2 px right, 3 px up
     assert (moved[-3:] == 255).all() and (moved[:, :2] == 255).all()  # uncovered pixels are white paper
+
+
+def test_shape_tokens_name_whole_shapes_and_only_then_are_shapes_written_or_anchored():
+    from dataclasses import replace
+
+    from internvl35.data.tokenizer import ChatTokenizer, train_tokenizer
+    from internvl35.train.data import TaskMix, TaskSource, corpus
+    from internvl35.train.vision_pretrain import SHAPE_TOKENS, exact_labels, label_words
+
+    old = ChatTokenizer.from_dir("internvl35/assets/internvl35-tiny")  # trained before SHAPE_TOKENS existed
+    new = train_tokenizer(corpus(("digits", "shapes"), 20), 700, extra_special=SHAPE_TOKENS)
+    assert not exact_labels(old)[LABEL_ID["red circle"]] and exact_labels(old)[LABEL_ID["digit 7"]]
+    assert bool(exact_labels(new).all())
+    assert new.decode([int(label_words(new)[LABEL_ID["red circle"]])], skip_special_tokens=False) == "<|red circle|>"
+    # They are special: typed by a user they stay plain text, and decoding hides them.
+    assert not set(new.encode_text("<|red circle|>")) & set(new.added_token_ids.values())
+    assert new.decode([new.added_token_ids["<|red circle|>"]]) == ""
+    mix = TaskMix(families=("shapes",), symbolic_ratio=1.0)
+    for tok in (old, new):
+        cfg = replace(preset("tiny-test"), image_token_id=tok.img_context_id)
+        cfg = replace(cfg, vision=replace(cfg.vision, image_size=224, patch_size=14))
+        sample, ex = TaskSource(tok, cfg, mix).pick(0)[0], TaskSource(tok, cfg, mix)(0)
+        assert sample.layout and {name for _, name in sample.layout} <= set(LABEL_ID)
+        if tok is old:  # colour words would erase the shapes: the scene stays pixels
+            assert ex.pixel_values is not None
+            continue
+        written = {new.decode([t], skip_special_tokens=False) for t in ex.input_ids} & set(SHAPE_TOKENS)
+        assert ex.pixel_values is None and written == {f"<|{name}|>" for _, name in sample.layout}
+
+
+def test_alignment_puts_a_shape_token_at_the_mean_of_its_colour_and_shape_words():
+    from dataclasses import replace
+
+    from internvl35.data.tokenizer import train_tokenizer
+    from internvl35.train.data import corpus
+    from internvl35.train.vision_pretrain import (
+        SHAPE_TOKENS, AlignConfig, align_projector, dense_batch, label_parts, label_words, projected_tokens,
+    )
+
+    tok = train_tokenizer(corpus(("digits", "shapes"), 20), 700, extra_special=SHAPE_TOKENS)
+    parts = label_parts(tok)
+    red_circle, seven = LABEL_ID["red circle"], LABEL_ID["digit 7"]
+    assert parts[red_circle].tolist() == [tok.encode_text("red")[0], tok.encode_text(" circle")[0]]
+    assert parts[seven].tolist() == [int(label_words(tok)[seven])] * 2
+    cfg = preset("tiny-test")
+    cfg = replace(cfg, text=replace(cfg.text, vocab_size=tok.vocab_size, tie_word_embeddings=True),
+                  vision=replace(cfg.vision, image_size=112, patch_size=14))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    align_projector(model, tok, AlignConfig(steps=20, batch_size=4, families=("shapes",), progress=False,
+                                            anchor_weight=1.0))
+    E = model.language_model.output_weight.detach()
+    torch.testing.assert_close(E[tok.added_token_ids["<|red circle|>"]], E[parts[red_circle]].mean(0))
+    # The shape scenes' tokens are held there too: closer to their targets than to any other label's.
+    pixels, labels = dense_batch(list(range(TEST_SEED_START, TEST_SEED_START + 8)), ("shapes",), 112, 28)
+    with torch.no_grad():
+        x = projected_tokens(model)(pixels)
+    shape = labels > LABEL_ID["digit 9"]
+    targets = E[label_words(tok)]
+    own = (x[shape] - targets[labels[shape]]).norm(dim=-1)
+    assert float(own.mean()) < float((x[shape][:, None] - targets[None]).norm(dim=-1).mean())

@@ -22,7 +22,7 @@ import functools
 import json
 import logging
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -277,19 +277,21 @@ class StreamDecoder:
         return text
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> ChatTokenizer:
+def train_tokenizer(texts: Iterable[str], vocab_size: int, extra_special: Sequence[str] = ()) -> ChatTokenizer:
     """Train a Qwen2-style byte-level BPE on `texts` for the project's small models.
 
-    All 256 bytes are in the alphabet (any text encodes); SPECIAL_TOKENS take ids 0..13 in order;
-    `<think>`/`</think>` are flagged non-special as in Qwen3. Takes well under a second for a few
-    thousand short texts.
+    All 256 bytes are in the alphabet (any text encodes); SPECIAL_TOKENS take ids 0..13 in order, then
+    `extra_special` (a model's own added tokens, e.g. words for what covers an image token); all of them are
+    special except `<think>`/`</think>`, as in Qwen3, so none comes out of untrusted text. Takes well under a
+    second for a few thousand short texts.
     """
-    floor = 256 + len(SPECIAL_TOKENS)
+    specials = [*SPECIAL_TOKENS, *extra_special]
+    floor = 256 + len(specials)
     if vocab_size < floor:
-        raise ValueError(f"vocab_size {vocab_size} < {floor} (256 bytes + {len(SPECIAL_TOKENS)} special tokens)")
+        raise ValueError(f"vocab_size {vocab_size} < {floor} (256 bytes + {len(specials)} special tokens)")
     tok = _byte_level_bpe(models.BPE())
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+        vocab_size=vocab_size, special_tokens=specials, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(texts, trainer)

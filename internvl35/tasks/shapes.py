@@ -70,11 +70,16 @@ def _draw(items: list[Item], size: int) -> Image.Image:
     return img
 
 
+def _layout_of(items: list[Item]) -> list[tuple[tuple[int, int, int, int], str]]:
+    """What covers the canvas: (box, "red circle") per shape."""
+    return [((it.cx - it.side // 2, it.cy - it.side // 2, it.cx + it.side // 2, it.cy + it.side // 2), it.name)
+            for it in items]
+
+
 def dense(seed: int, size: int = 224) -> tuple[Image.Image, list[tuple[tuple[int, int, int, int], str]]]:
     """A shapes canvas and what covers it, for vision pretraining: (box, "red circle") per shape."""
     items = _scene(rng_for(NAME + "/dense", seed), "count", size)
-    boxes = [(it.cx - it.side // 2, it.cy - it.side // 2, it.cx + it.side // 2, it.cy + it.side // 2) for it in items]
-    return _draw(items, size), list(zip(boxes, (it.name for it in items)))
+    return _draw(items, size), _layout_of(items)
 
 
 def _scene(rng: np.random.Generator, kind: str, size: int) -> list[Item]:
@@ -160,7 +165,7 @@ def generate(seed: int, kind: str | None = None, size: int = 224) -> Sample:
         q, ans, why, target = _colour(items)
     else:
         q, ans, why, target = _position(rng, items)
-    return Sample(NAME, kind, [_draw(items, size)], q, ans, why, target)
+    return Sample(NAME, kind, [_draw(items, size)], q, ans, why, target, _layout_of(items))
 
 
 FAMILY = Family(NAME, KINDS, generate)

@@ -23,7 +23,7 @@ from internvl35.data.tiling import jpeg_augment
 from internvl35.data.tokenizer import ChatTokenizer
 from internvl35.tasks.base import FAMILIES, Sample, render_target, split_seeds
 from internvl35.train.packing import TrainExample
-from internvl35.train.vision_pretrain import label_words, patch_labels, token_px
+from internvl35.train.vision_pretrain import LABEL_ID, exact_labels, label_words, patch_labels, token_px
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,7 @@ class TaskSource:
         self._kind_p = {family: mix.kind_probabilities(family) for family in mix.families}
         self._options = dict(mix.kind_options)
         self._words = label_words(tokenizer) if mix.symbolic_ratio or mix.anchor_families else None
+        self._exact = exact_labels(tokenizer).tolist()
 
     def pick(self, index: int) -> tuple[Sample, bool, np.random.Generator]:
         rng = np.random.default_rng([self.seed, index])
@@ -94,7 +95,9 @@ class TaskSource:
             images = [jpeg_augment(im, rng) for im in images]
         inputs = build_inputs(self.tokenizer, self.config, sample.question, images, thinking=thinking,
                               answer=render_target(sample, thinking))
-        fits = self._words is not None and symbolic_fits(sample, self.config)
+        # Written as words or anchored only where every label has a word of its own (not shapes read as a colour).
+        fits = (self._words is not None and symbolic_fits(sample, self.config)
+                and all(self._exact[LABEL_ID[name]] for _, name in sample.layout))
         if fits and self.mix.symbolic_ratio and rng.random() < self.mix.symbolic_ratio:
             return symbolic_example(inputs, sample, self._words, self.config)
         anchored = fits and sample.family in self.mix.anchor_families

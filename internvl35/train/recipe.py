@@ -43,7 +43,9 @@ from internvl35.model.internvl import InternVLModel
 from internvl35.train.data import TaskMix, TaskSource, corpus
 from internvl35.train.sft import SFTConfig, SFTTrainer
 from internvl35.train.state import latest_checkpoint
-from internvl35.train.vision_pretrain import AlignConfig, VisionPretrainConfig, align_projector, pretrain_vision
+from internvl35.train.vision_pretrain import (
+    SHAPE_TOKENS, AlignConfig, VisionPretrainConfig, align_projector, pretrain_vision,
+)
 
 
 @dataclass
@@ -65,6 +67,9 @@ class Recipe:
     max_dynamic_patch: int = 6
     tokenizer_samples: int = 400  # per family
     export_dtype: torch.dtype = torch.bfloat16  # halves the shipped file; loading upcasts on CPU
+    # Give the tokenizer one token per colour + shape (`vision_pretrain.SHAPE_TOKENS`): shape scenes can then be
+    # written as words and anchored like digits (docs/results.md, E39-E40; not yet worth its cost in TINY).
+    shape_tokens: bool = False
 
 
 # Reading is trained on lines of 2-8 digits (the task's lines, and every test line, hold 2-4): past the second
@@ -121,7 +126,7 @@ def build_tokenizer(recipe: Recipe) -> ChatTokenizer:
     texts = corpus(recipe.mix.families, recipe.tokenizer_samples)
     # The system prompts open every sample: frequent enough that BPE merges them into few tokens.
     texts += [DEFAULT_SYSTEM_PROMPT, THINKING_SYSTEM_PROMPT] * 1000 + ["system", "user", "assistant"] * 1000
-    return train_tokenizer(texts, recipe.vocab_size)
+    return train_tokenizer(texts, recipe.vocab_size, extra_special=SHAPE_TOKENS if recipe.shape_tokens else ())
 
 
 def model_config(recipe: Recipe, tokenizer: ChatTokenizer) -> InternVLConfig:

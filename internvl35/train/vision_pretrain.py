@@ -187,11 +187,58 @@ class AlignConfig(VisionPretrainConfig):
     logit_scale: float = 1.0
 
 
+def shape_token(name: str) -> str:
+    """The added token naming a whole shape label: "<|red circle|>" for "red circle"."""
+    return f"<|{name}|>"
+
+
+# A model's own words for shapes, one added token per colour + shape: one token then names both, where the
+# colour word alone would erase the shape. Tokenizers trained with them (`train_tokenizer(..., extra_special=
+# SHAPE_TOKENS)`) read shape tokens as these; others fall back to the colour word.
+SHAPE_TOKENS = tuple(shape_token(name) for name in LABELS[LABEL_ID["digit 9"] + 1:])
+
+
+def _label_word(tokenizer: ChatTokenizer, name: str) -> tuple[int, bool]:
+    """(the word id label `name` reads as, whether that word names the whole label)."""
+    if name == "background":
+        return tokenizer.encode_text(".")[0], True
+    if name.startswith("digit"):
+        return tokenizer.encode_text(name.split()[-1])[0], True
+    added = tokenizer.added_token_ids
+    if shape_token(name) in added:
+        return added[shape_token(name)], True
+    return tokenizer.encode_text(name.split()[0])[0], False
+
+
+def label_parts(tokenizer: ChatTokenizer) -> Tensor:
+    """(len(LABELS), 2) word ids whose embeddings' mean is where stage 0b puts the label's image tokens.
+
+    A digit or the background: its word twice. A shape, when the tokenizer has SHAPE_TOKENS: its colour (the
+    first token of the answer "purple") and its shape as questions name it (" circle"), so that the token is
+    found by the shape's word and answers with the colour's; 0b then writes this mean as the shape token's
+    embedding. Without SHAPE_TOKENS: the colour word twice (its old word, not anchored).
+    """
+    words, exact = label_words(tokenizer), exact_labels(tokenizer)
+    parts = torch.stack([words, words], dim=1)
+    for i, name in enumerate(LABELS):
+        if name.startswith("digit") or name == "background":
+            continue
+        colour, shape = name.split()
+        parts[i, 0] = tokenizer.encode_text(colour)[0]
+        parts[i, 1] = tokenizer.encode_text(" " + shape)[0] if exact[i] else parts[i, 0]
+    return parts
+
+
 def label_words(tokenizer: ChatTokenizer) -> Tensor:
-    """The word token each label should read as: "7" for "digit 7", "red" for "red circle", "." for background."""
-    words = ["." if name == "background" else name.split()[-1] if name.startswith("digit") else name.split()[0]
-             for name in LABELS]
-    return torch.tensor([tokenizer.encode_text(w)[0] for w in words])
+    """The word token each label reads as: "7" for "digit 7", "." for background, and "<|red circle|>" for
+    "red circle" (or, with a tokenizer without SHAPE_TOKENS, "red")."""
+    return torch.tensor([_label_word(tokenizer, name)[0] for name in LABELS])
+
+
+def exact_labels(tokenizer: ChatTokenizer) -> Tensor:
+    """(len(LABELS),) bool: whether the label's word names all of it, so that a token can be written as, and
+    held at, that word (False only for shapes read as their colour)."""
+    return torch.tensor([_label_word(tokenizer, name)[1] for name in LABELS])
 
 
 def projected_tokens(model: InternVLModel) -> Callable[[Tensor], Tensor]:
@@ -219,24 +266,29 @@ def align_projector(model: InternVLModel, tokenizer: ChatTokenizer, cfg: AlignCo
     "7" enters the language model close to the text token "7", and anything that moves it to the
     answer position already predicts "7". The random language model then only has to learn where to
     look, not also what the features mean: the slow part of learning to read from scratch. With
-    `cfg.anchor_weight`, background and digit tokens are also held near their words' embeddings (shape tokens
-    are not: their word, the colour, would erase the shape).
+    `cfg.anchor_weight`, tokens are also held near their words' embeddings where the word names the whole
+    label (`exact_labels`: not shapes read as their colour, which would erase the shape).
     Needs tied embeddings; the ViT stays frozen (stage 0 trained it).
     """
     lm = model.language_model
     if lm.lm_head is not None:
         raise ValueError("projector alignment needs tied word embeddings (tie_word_embeddings=True)")
     vit = model.vision_model
-    words = label_words(tokenizer)
+    words, exact, parts = label_words(tokenizer), exact_labels(tokenizer), label_parts(tokenizer)
     tokens = projected_tokens(model)
 
+    def targets() -> Tensor:
+        """(len(LABELS), D): each label's target, the mean of its parts' embeddings (a word's own embedding for
+        digits and the background)."""
+        return lm.output_weight[parts].mean(1)
+
     def token_loss(pixels: Tensor, labels: Tensor) -> Tensor:
-        x = tokens(pixels)
-        loss = dense_ce(cfg.logit_scale * F.linear(x, lm.output_weight)[..., words], labels, cfg.background_weight)
+        x, table = tokens(pixels), targets()
+        loss = dense_ce(cfg.logit_scale * F.linear(x, table), labels, cfg.background_weight)
         if cfg.anchor_weight:
-            named = torch.where(labels <= LABEL_ID["digit 9"], words[labels], IGNORE_INDEX).flatten()
+            named = torch.where(exact[labels], labels, IGNORE_INDEX).flatten()
             [weights], present = class_balanced_weights([named])
-            loss = loss + cfg.anchor_weight * anchor_loss(x.flatten(0, 1), named, lm.output_weight, weights, present)
+            loss = loss + cfg.anchor_weight * anchor_loss(x.flatten(0, 1), named, table, weights, present)
         return loss
 
     size, cell = vit.config.image_size, token_px(vit.config.patch_size, model.config.downsample_ratio)
@@ -244,5 +296,8 @@ def align_projector(model: InternVLModel, tokenizer: ChatTokenizer, cfg: AlignCo
     vit.eval()
     loss = _train_dense(cfg, [*model.mlp1.parameters(), lm.output_weight], token_loss, size, cell,
                         "projector alignment")
+    with torch.no_grad():  # a shape token's embedding becomes the mean its image tokens were held at
+        shaped = exact & (parts[:, 0] != parts[:, 1])
+        lm.output_weight[words[shaped]] = targets()[shaped]
     return {"loss": loss, "seconds": time.perf_counter() - t0,
             **evaluate_dense(aligned_token_logits(model, words), cfg.families, size, cell)}
