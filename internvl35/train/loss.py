@@ -56,9 +56,9 @@ def anchor_loss(features: Tensor, words: Tensor, embeddings: Tensor, weights: Te
                 denominator: Tensor | float) -> Tensor:
     """sum over image tokens of w * ||f - e||^2 / ||e||^2, over `denominator`.
 
-    features (N, D): image tokens as they enter the language model; words (N,): the word id each should read
-    as (IGNORE_INDEX: none, weight 0); embeddings (V, D): the word embedding table, a fixed target (no gradient);
-    weights (N,). The relative squared error is scale-free, so the loss weight means the same whatever the
+    features (N, D): image tokens as they enter the language model; words (N,): the row of `embeddings` each
+    should sit at (IGNORE_INDEX: none, weight 0); embeddings (V, D): the word embedding table, or any table of
+    targets (stage 0b passes one row per label), a fixed target (no gradient); weights (N,). The relative squared error is scale-free, so the loss weight means the same whatever the
     embeddings' norm.
     """
     keep = words != IGNORE_INDEX
