@@ -159,3 +159,16 @@ def test_fused_adamw_steps_are_seen():
     opt.step()
     with torch.no_grad():
         torch.testing.assert_close(layer(x), _reference(layer, x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_weight_onednn_cannot_pack_turns_packing_off_and_falls_back(monkeypatch):
+    def refuse(weight):
+        raise RuntimeError("unsupported")
+
+    monkeypatch.setattr(linear_mod, "_reorder", refuse)
+    monkeypatch.setattr(linear_mod, "_AVAILABLE", True)
+    layer = _layer()
+    x = torch.randn(3, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), _reference(layer, x))
+    assert not linear_mod._AVAILABLE  # later calls go straight to F.linear

@@ -17,6 +17,7 @@ Set INTERNVL35_PACKED_LINEAR=0 to turn them off.
 
 from __future__ import annotations
 
+import logging
 import os
 import weakref
 from collections.abc import Sequence
@@ -26,6 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.optim.optimizer import register_optimizer_step_post_hook
+
+log = logging.getLogger(__name__)
 
 # oneDNN picks its blocked layout for an expected row count; 16 was as fast as the ideal hint from
 # 1 row (decode) to 300+ rows (prefill) in our measurements.
@@ -38,6 +41,16 @@ def _available() -> bool:
 
 
 _AVAILABLE = _available()
+
+
+def _reorder(weight: Tensor) -> Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight, _ROWS_HINT)
+
+
+def _disable(why: str) -> None:
+    global _AVAILABLE
+    _AVAILABLE = False
+    log.warning("packed CPU linears turned off: %s", why)
 
 _optimizer_steps = 0  # optimizer steps taken in this process, by any optimizer
 
@@ -98,7 +111,11 @@ class PackedWeight:
             with torch.no_grad():
                 stacked = weights[0] if len(weights) == 1 else torch.cat(weights)
                 stacked = stacked.detach().t().contiguous() if self.transpose else stacked.detach()
-                self._packed = torch.ops.mkldnn._reorder_linear_weight(stacked, _ROWS_HINT)
+                try:
+                    self._packed = _reorder(stacked)
+                except RuntimeError as e:  # a build or CPU whose oneDNN cannot pack: plain F.linear from now on
+                    _disable(f"oneDNN could not pack a {tuple(stacked.shape)} weight ({e})")
+                    return None
             self._sources, self._key = tuple(weakref.ref(w) for w in weights), key
         return self._packed
 
