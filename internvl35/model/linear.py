@@ -136,6 +136,7 @@ class _TrainingLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, packed: Tensor, packed_t: Tensor) -> Tensor:
+        # `weight` is an input only so that autograd routes its gradient here; the math uses the packed copies.
         ctx.save_for_backward(x)
         ctx.packed_t = packed_t
         return _packed_linear(x, packed, bias)

@@ -58,8 +58,8 @@ def anchor_loss(features: Tensor, words: Tensor, embeddings: Tensor, weights: Te
 
     features (N, D): image tokens as they enter the language model; words (N,): the row of `embeddings` each
     should sit at (IGNORE_INDEX: none, weight 0); embeddings (V, D): the word embedding table, or any table of
-    targets (stage 0b passes one row per label), a fixed target (no gradient); weights (N,). The relative squared error is scale-free, so the loss weight means the same whatever the
-    embeddings' norm.
+    targets (stage 0b passes one row per label), a fixed target (no gradient); weights (N,). The relative
+    squared error is scale-free, so the loss weight means the same whatever the embeddings' norm.
     """
     keep = words != IGNORE_INDEX
     target = embeddings.detach()[words[keep]].float()

@@ -218,15 +218,15 @@ def label_parts(tokenizer: ChatTokenizer) -> Tensor:
     found by the shape's word and answers with the colour's; 0b then writes this mean as the shape token's
     embedding. Without SHAPE_TOKENS: the colour word twice (its old word, not anchored).
     """
-    words, exact = label_words(tokenizer), exact_labels(tokenizer)
-    parts = torch.stack([words, words], dim=1)
-    for i, name in enumerate(LABELS):
-        if name.startswith("digit") or name == "background":
-            continue
-        colour, shape = name.split()
-        parts[i, 0] = tokenizer.encode_text(colour)[0]
-        parts[i, 1] = tokenizer.encode_text(" " + shape)[0] if exact[i] else parts[i, 0]
-    return parts
+    rows = []
+    for name in LABELS:
+        word, exact = _label_word(tokenizer, name)
+        if exact and LABEL_ID[name] > LABEL_ID["digit 9"]:  # a shape with its own token
+            colour, shape = name.split()
+            rows.append([tokenizer.encode_text(colour)[0], tokenizer.encode_text(" " + shape)[0]])
+        else:  # a digit, the background, or a shape read as its colour word
+            rows.append([word, word])
+    return torch.tensor(rows)
 
 
 def label_words(tokenizer: ChatTokenizer) -> Tensor:
