@@ -12,6 +12,15 @@ from internvl35.model.linear import Linear
 pytestmark = pytest.mark.skipif(not linear_mod._AVAILABLE, reason="oneDNN weight packing not available")
 
 
+@pytest.fixture(autouse=True)
+def always_packed(request, monkeypatch):
+    """Most tests check the packed path's math, so they take it for every call instead of whichever one the
+    timing picks; the tests of the timed choice opt out with the `timed` marker."""
+    if "timed" not in request.keywords:
+        monkeypatch.setattr(linear_mod, "_ALWAYS_PACKED", True)
+    monkeypatch.setattr(linear_mod, "_choices", {})
+
+
 def _layer(bias: bool = True) -> Linear:
     torch.manual_seed(0)
     return Linear(48, 300, bias=bias)
@@ -172,3 +181,66 @@ def test_a_weight_onednn_cannot_pack_turns_packing_off_and_falls_back(monkeypatc
     with torch.no_grad():
         torch.testing.assert_close(layer(x), _reference(layer, x))
     assert not linear_mod._AVAILABLE  # later calls go straight to F.linear
+
+
+def test_row_buckets_are_powers_of_two():
+    assert [linear_mod._row_bucket(torch.zeros(n, 4)) for n in (0, 1, 2, 3, 5, 8, 9, 64, 65)] == \
+        [1, 1, 2, 4, 8, 8, 16, 64, 128]
+    assert linear_mod._row_bucket(torch.zeros(2, 3, 4)) == 8  # rows are all dimensions but the last
+
+
+@pytest.mark.timed
+@pytest.mark.parametrize("packed_wins", [True, False])
+def test_small_calls_take_the_faster_kernel_timed_once_per_shape(monkeypatch, packed_wins):
+    timings, packed_calls = [], []
+    real_packed = linear_mod._packed_linear
+
+    def timed(packed_call, plain_call):
+        timings.append(1)
+        return packed_wins
+
+    def counting_packed(*args):
+        packed_calls.append(1)
+        return real_packed(*args)
+
+    monkeypatch.setattr(linear_mod, "_packed_is_faster", timed)
+    monkeypatch.setattr(linear_mod, "_packed_linear", counting_packed)
+    layer = _layer()
+    with torch.no_grad():
+        for rows in (3, 4, 3):  # one bucket (4 rows): timed once
+            x = torch.randn(rows, 48)
+            torch.testing.assert_close(layer(x), _reference(layer, x), rtol=1e-5, atol=1e-5)
+    assert len(timings) == 1 and len(packed_calls) == (3 if packed_wins else 0)
+    with torch.no_grad():
+        layer(torch.randn(1, 48))  # another bucket: timed again
+    assert len(timings) == 2
+
+
+@pytest.mark.timed
+def test_large_calls_take_packed_weights_untimed(monkeypatch):
+    def never(packed_call, plain_call):
+        raise AssertionError("a call above _TIMED_ROWS rows was timed")
+
+    monkeypatch.setattr(linear_mod, "_packed_is_faster", never)
+    layer = _layer()
+    x = torch.randn(linear_mod._TIMED_ROWS + 1, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), _reference(layer, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.timed
+def test_real_timing_picks_a_kernel_and_both_give_the_same_result():
+    layer = _layer()
+    x = torch.randn(2, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), _reference(layer, x), rtol=1e-5, atol=1e-5)
+    assert list(linear_mod._choices) == [("linear", 300, 48, True, 2)]
+
+
+def test_environment_switch_takes_only_0_1_or_auto(monkeypatch):
+    for value in ("0", "1", "auto", " AUTO "):
+        monkeypatch.setenv("INTERNVL35_PACKED_LINEAR", value)
+        linear_mod._mode()
+    monkeypatch.setenv("INTERNVL35_PACKED_LINEAR", "yes")
+    with pytest.raises(ValueError, match="INTERNVL35_PACKED_LINEAR"):
+        linear_mod._mode()

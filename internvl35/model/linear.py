@@ -1,26 +1,33 @@
-"""Linear layers that run on CPU through weights pre-packed for oneDNN.
+"""Linear layers that run on CPU through weights pre-packed for oneDNN, where that is faster.
 
-`F.linear` in fp32 on CPU goes to MKL's GEMM. On an AMD EPYC VM with AVX-512, oneDNN over a weight
-reordered once into its blocked layout was 2.2-2.3x faster on prefill and training shapes and 3-5x faster
-at the 1-8 rows of a decode step (docs/benchmarks.md); on an Intel Xeon VM, where MKL is at its best, it
-was no faster for the decoder's matrices. So CPU fp32 work uses packed copies: inference for the whole
-product, training for the forward and the input's gradient (`_TrainingLinear`). GPUs, other dtypes,
-autocast and sharded weights keep plain `F.linear`.
+`F.linear` in fp32 on CPU goes to MKL's GEMM. Which of the two is faster depends on the CPU and the shape:
+- on an AMD EPYC VM with AVX-512, oneDNN over a weight reordered once into its blocked layout was
+  2.2-2.3x faster on prefill and training shapes and 3-5x faster at the 1-8 rows of a decode step;
+- on an Intel Xeon VM (AVX-512, AMX), MKL was faster at 1 row for every decoder matrix (a 512x512 layer:
+  11 against 22 us) and oneDNN faster at 8 rows for the wide ones and at 300 rows (docs/benchmarks.md).
+So calls of more than `_TIMED_ROWS` rows (prefill, the ViT, training) take the packed weights, and each
+smaller inference call shape (weight shape x rows rounded up to a power of two) is timed both ways once per
+process, on its first call, and keeps the faster (`_prefer_packed`). Training uses packed weights for the
+forward and the input's gradient (`_TrainingLinear`). GPUs, other dtypes, autocast and sharded weights keep
+plain `F.linear`.
 
 The packed copies are derived state, never saved. They are rebuilt whenever the weight may have changed:
 after any optimizer step (fused AdamW updates weights without bumping their version counters, so a global
 optimizer hook counts steps), an in-place update under no_grad (the version counter: load_state_dict,
 RL weight syncs), a reassigned or moved tensor (a different storage). Writes through `p.data` bypass all
 of these and are not seen. The copies cost up to two extra copies of the weights in memory on CPU.
-Set INTERNVL35_PACKED_LINEAR=0 to turn them off.
+INTERNVL35_PACKED_LINEAR=0 turns them off, =1 uses them for every call without timing, =auto (the default)
+times small calls as above.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,12 +42,26 @@ log = logging.getLogger(__name__)
 _ROWS_HINT = 16
 
 
+# Calls of more rows than this always take the packed weights: they were faster at prefill, ViT and training
+# shapes on every CPU measured, and timing them would cost a prefill.
+_TIMED_ROWS = 64
+
+
+def _mode() -> str:
+    """INTERNVL35_PACKED_LINEAR: "0" (never packed), "1" (always, untimed) or "auto" (the default)."""
+    value = os.environ.get("INTERNVL35_PACKED_LINEAR", "auto").strip().lower()
+    if value not in ("0", "1", "auto"):
+        raise ValueError(f"INTERNVL35_PACKED_LINEAR must be 0, 1 or auto, got {value!r}")
+    return value
+
+
 def _available() -> bool:
-    return (os.environ.get("INTERNVL35_PACKED_LINEAR", "1") != "0" and torch.backends.mkldnn.is_available()
+    return (_mode() != "0" and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
 _AVAILABLE = _available()
+_ALWAYS_PACKED = _mode() == "1"
 
 
 def _reorder(weight: Tensor) -> Tensor:
@@ -152,6 +173,39 @@ class _TrainingLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
+_choices: dict[tuple, bool] = {}  # (call, weight shape(s), row bucket) -> whether the packed call is faster
+
+
+def _row_bucket(x: Tensor) -> int:
+    """The call's rows (all dimensions but the last) rounded up to a power of two: 1, 2, 4, 8, ..."""
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    return 1 << max(rows - 1, 0).bit_length()
+
+
+def _packed_is_faster(packed_call: Callable[[], object], plain_call: Callable[[], object], repeats: int = 5) -> bool:
+    """The best of `repeats` interleaved timings of each (interleaved, so both see the same machine load)."""
+    packed_call(), plain_call()  # first calls pay for allocation (and for the plain side's own choices)
+    best = [math.inf, math.inf]
+    for _ in range(repeats):
+        for i, call in enumerate((packed_call, plain_call)):
+            start = time.perf_counter()
+            call()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best[0] <= best[1]
+
+
+def _prefer_packed(key: tuple, packed_call: Callable[[], object], plain_call: Callable[[], object]) -> bool:
+    """Whether to take the packed call for this call shape: always above `_TIMED_ROWS` rows (key[-1]) or with
+    INTERNVL35_PACKED_LINEAR=1; otherwise timed once per process, on the shape's first call."""
+    if _ALWAYS_PACKED or key[-1] > _TIMED_ROWS:
+        return True
+    choice = _choices.get(key)
+    if choice is None:
+        choice = _choices[key] = _packed_is_faster(packed_call, plain_call)
+        log.debug("packed linear %s: %s", key, "packed" if choice else "F.linear")
+    return choice
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None, packed: PackedWeight,
            packed_t: PackedWeight | None = None) -> Tensor:
     """F.linear(x, weight, bias), on packed weights when the call qualifies (see the module docstring).
@@ -159,11 +213,15 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None, packed: PackedWeight,
     With autograd on, `packed_t` (a transposing PackedWeight) is needed for the input's gradient; without
     one, training calls take F.linear.
     """
-    if _packable(x, weight, bias) and (w := packed.get(weight)) is not None:
-        if not _needs_grad(x, weight, bias):
-            return _packed_linear(x, w, bias)
+    if not _packable(x, weight, bias) or (w := packed.get(weight)) is None:
+        return F.linear(x, weight, bias)
+    if _needs_grad(x, weight, bias):
         if packed_t is not None and (w_t := packed_t.get(weight)) is not None:
             return _TrainingLinear.apply(x, weight, bias, w, w_t)
+        return F.linear(x, weight, bias)
+    key = ("linear", *weight.shape, bias is not None, _row_bucket(x))
+    if _prefer_packed(key, lambda: _packed_linear(x, w, bias), lambda: F.linear(x, weight, bias)):
+        return _packed_linear(x, w, bias)
     return F.linear(x, weight, bias)
 
 
@@ -174,12 +232,18 @@ def grouped_linear(x: Tensor, layers: Sequence[nn.Linear], packed: PackedWeight)
     this saves 3 of a Qwen3 layer's 7. The outputs are views into the one result. (Forward hooks on
     the grouped modules do not run on the packed path, which never calls them.)
     """
-    if all(layer.bias is None and _packable(x, layer.weight, None) and not _needs_grad(x, layer.weight, None)
-           for layer in layers):
-        w = packed.get(*(layer.weight for layer in layers))
-        if w is not None:
-            return list(_packed_linear(x, w, None).split([layer.out_features for layer in layers], dim=-1))
-    return [layer(x) for layer in layers]
+    separate = lambda: [layer(x) for layer in layers]  # noqa: E731
+    if not all(layer.bias is None and _packable(x, layer.weight, None) and not _needs_grad(x, layer.weight, None)
+               for layer in layers):
+        return separate()
+    w = packed.get(*(layer.weight for layer in layers))
+    if w is None:
+        return separate()
+    sizes = [layer.out_features for layer in layers]
+    key = ("grouped", *sizes, layers[0].in_features, _row_bucket(x))
+    if _prefer_packed(key, lambda: _packed_linear(x, w, None), separate):
+        return list(_packed_linear(x, w, None).split(sizes, dim=-1))
+    return separate()
 
 
 class Linear(nn.Linear):
