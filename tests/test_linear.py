@@ -19,6 +19,7 @@ def always_packed(request, monkeypatch):
     if "timed" not in request.keywords:
         monkeypatch.setattr(linear_mod, "_ALWAYS_PACKED", True)
     monkeypatch.setattr(linear_mod, "_choices", {})
+    monkeypatch.setattr(linear_mod, "_trials", {})
 
 
 def _layer(bias: bool = True) -> Linear:
@@ -27,7 +28,8 @@ def _layer(bias: bool = True) -> Linear:
 
 
 def _reference(layer: Linear, x: torch.Tensor) -> torch.Tensor:
-    return F.linear(x, layer.weight, layer.bias)
+    out = x @ layer.weight.t()  # not F.linear, which some tests count calls of
+    return out if layer.bias is None else out + layer.bias
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -189,52 +191,69 @@ def test_row_buckets_are_powers_of_two():
     assert linear_mod._row_bucket(torch.zeros(2, 3, 4)) == 8  # rows are all dimensions but the last
 
 
-@pytest.mark.timed
-@pytest.mark.parametrize("packed_wins", [True, False])
-def test_small_calls_take_the_faster_kernel_timed_once_per_shape(monkeypatch, packed_wins):
-    timings, packed_calls = [], []
-    real_packed = linear_mod._packed_linear
+def _count_calls(monkeypatch) -> dict[str, int]:
+    """Count the packed and the plain kernel calls of linear.py from here on."""
+    calls = {"packed": 0, "plain": 0}
+    real_packed, real_plain = linear_mod._packed_linear, F.linear
 
-    def timed(packed_call, plain_call):
-        timings.append(1)
-        return packed_wins
-
-    def counting_packed(*args):
-        packed_calls.append(1)
+    def packed(*args):
+        calls["packed"] += 1
         return real_packed(*args)
 
-    monkeypatch.setattr(linear_mod, "_packed_is_faster", timed)
-    monkeypatch.setattr(linear_mod, "_packed_linear", counting_packed)
-    layer = _layer()
-    with torch.no_grad():
-        for rows in (3, 4, 3):  # one bucket (4 rows): timed once
-            x = torch.randn(rows, 48)
-            torch.testing.assert_close(layer(x), _reference(layer, x), rtol=1e-5, atol=1e-5)
-    assert len(timings) == 1 and len(packed_calls) == (3 if packed_wins else 0)
-    with torch.no_grad():
-        layer(torch.randn(1, 48))  # another bucket: timed again
-    assert len(timings) == 2
+    def plain(*args):
+        calls["plain"] += 1
+        return real_plain(*args)
+
+    monkeypatch.setattr(linear_mod, "_packed_linear", packed)
+    monkeypatch.setattr(linear_mod.F, "linear", plain)
+    return calls
 
 
 @pytest.mark.timed
-def test_large_calls_take_packed_weights_untimed(monkeypatch):
-    def never(packed_call, plain_call):
-        raise AssertionError("a call above _TIMED_ROWS rows was timed")
+@pytest.mark.parametrize("packed_wins", [True, False])
+def test_small_calls_try_both_kernels_then_keep_the_faster(monkeypatch, packed_wins):
+    medians = iter([1.0, 2.0] if packed_wins else [2.0, 1.0])  # the packed side's median is asked first
+    monkeypatch.setattr(linear_mod.statistics, "median", lambda times: next(medians))
+    calls = _count_calls(monkeypatch)
+    layer = _layer()
+    trial = 2 * linear_mod._TRIAL_CALLS
+    with torch.no_grad():
+        for i in range(trial + 5):
+            x = torch.randn(3 + i % 2, 48)  # 3 and 4 rows: one bucket
+            torch.testing.assert_close(layer(x), _reference(layer, x), rtol=1e-5, atol=1e-5)
+            if i == trial - 1:  # the trial alternates: half of its calls each way
+                assert calls == {"packed": trial // 2, "plain": trial // 2}
+                assert linear_mod._choices == {("linear", 300, 48, True, 4): packed_wins}
+    assert calls == {"packed": trial // 2 + 5 * packed_wins, "plain": trial // 2 + 5 * (not packed_wins)}
+    with torch.no_grad():
+        layer(torch.randn(1, 48))  # another bucket: a trial of its own
+    assert ("linear", 300, 48, True, 1) in linear_mod._trials
 
-    monkeypatch.setattr(linear_mod, "_packed_is_faster", never)
+
+@pytest.mark.timed
+def test_large_calls_take_packed_weights_without_a_trial(monkeypatch):
+    calls = _count_calls(monkeypatch)
     layer = _layer()
     x = torch.randn(linear_mod._TIMED_ROWS + 1, 48)
     with torch.no_grad():
         torch.testing.assert_close(layer(x), _reference(layer, x), rtol=1e-5, atol=1e-5)
+    assert calls == {"packed": 1, "plain": 0} and not linear_mod._trials
 
 
 @pytest.mark.timed
-def test_real_timing_picks_a_kernel_and_both_give_the_same_result():
-    layer = _layer()
-    x = torch.randn(2, 48)
+def test_grouped_trial_compares_one_matmul_with_one_f_linear_per_layer(monkeypatch):
+    from internvl35.model.linear import PackedWeight, grouped_linear
+
+    calls = _count_calls(monkeypatch)
+    torch.manual_seed(0)
+    layers = [Linear(48, n, bias=False) for n in (64, 32, 32)]
+    group, x = PackedWeight(), torch.randn(1, 48)
     with torch.no_grad():
-        torch.testing.assert_close(layer(x), _reference(layer, x), rtol=1e-5, atol=1e-5)
-    assert list(linear_mod._choices) == [("linear", 300, 48, True, 2)]
+        for _ in range(2 * linear_mod._TRIAL_CALLS):
+            for out, layer in zip(grouped_linear(x, layers, group), layers):
+                torch.testing.assert_close(out, _reference(layer, x), rtol=1e-5, atol=1e-5)
+    assert calls == {"packed": linear_mod._TRIAL_CALLS, "plain": 3 * linear_mod._TRIAL_CALLS}
+    assert list(linear_mod._choices) == [("grouped", 64, 32, 32, 48, 1)]
 
 
 def test_environment_switch_takes_only_0_1_or_auto(monkeypatch):

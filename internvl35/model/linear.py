@@ -6,8 +6,8 @@
 - on an Intel Xeon VM (AVX-512, AMX), MKL was faster at 1 row for every decoder matrix (a 512x512 layer:
   11 against 22 us) and oneDNN faster at 8 rows for the wide ones and at 300 rows (docs/benchmarks.md).
 So calls of more than `_TIMED_ROWS` rows (prefill, the ViT, training) take the packed weights, and each
-smaller inference call shape (weight shape x rows rounded up to a power of two) is timed both ways once per
-process, on its first call, and keeps the faster (`_prefer_packed`). Training uses packed weights for the
+smaller inference call shape (weight shape x rows rounded up to a power of two) is tried both ways on its
+first real calls in a process and keeps the faster (`_run_faster`). Training uses packed weights for the
 forward and the input's gradient (`_TrainingLinear`). GPUs, other dtypes, autocast and sharded weights keep
 plain `F.linear`.
 
@@ -16,15 +16,15 @@ after any optimizer step (fused AdamW updates weights without bumping their vers
 optimizer hook counts steps), an in-place update under no_grad (the version counter: load_state_dict,
 RL weight syncs), a reassigned or moved tensor (a different storage). Writes through `p.data` bypass all
 of these and are not seen. The copies cost up to two extra copies of the weights in memory on CPU.
-INTERNVL35_PACKED_LINEAR=0 turns them off, =1 uses them for every call without timing, =auto (the default)
-times small calls as above.
+INTERNVL35_PACKED_LINEAR=0 turns them off, =1 uses them for every call without trials, =auto (the default)
+tries small calls as above.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
+import statistics
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -173,7 +173,12 @@ class _TrainingLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
+# Each call shape's first 2 x _TRIAL_CALLS calls alternate between the two kernels, timed where they run
+# (a decode step's weights stream from memory; a kernel timed alone on one cache-resident weight picked the
+# wrong side), then the faster median is kept for the rest of the process.
+_TRIAL_CALLS = 8
 _choices: dict[tuple, bool] = {}  # (call, weight shape(s), row bucket) -> whether the packed call is faster
+_trials: dict[tuple, tuple[list[float], list[float]]] = {}  # shapes still on trial: (packed, plain) seconds
 
 
 def _row_bucket(x: Tensor) -> int:
@@ -182,28 +187,24 @@ def _row_bucket(x: Tensor) -> int:
     return 1 << max(rows - 1, 0).bit_length()
 
 
-def _packed_is_faster(packed_call: Callable[[], object], plain_call: Callable[[], object], repeats: int = 5) -> bool:
-    """The best of `repeats` interleaved timings of each (interleaved, so both see the same machine load)."""
-    packed_call(), plain_call()  # first calls pay for allocation (and for the plain side's own choices)
-    best = [math.inf, math.inf]
-    for _ in range(repeats):
-        for i, call in enumerate((packed_call, plain_call)):
-            start = time.perf_counter()
-            call()
-            best[i] = min(best[i], time.perf_counter() - start)
-    return best[0] <= best[1]
-
-
-def _prefer_packed(key: tuple, packed_call: Callable[[], object], plain_call: Callable[[], object]) -> bool:
-    """Whether to take the packed call for this call shape: always above `_TIMED_ROWS` rows (key[-1]) or with
-    INTERNVL35_PACKED_LINEAR=1; otherwise timed once per process, on the shape's first call."""
+def _run_faster(key: tuple, packed_call: Callable[[], Tensor], plain_call: Callable[[], Tensor]):
+    """Run the packed or the plain call for this call shape: packed above `_TIMED_ROWS` rows (key[-1]) or with
+    INTERNVL35_PACKED_LINEAR=1; otherwise whichever won the shape's trial (see `_TRIAL_CALLS`)."""
     if _ALWAYS_PACKED or key[-1] > _TIMED_ROWS:
-        return True
+        return packed_call()
     choice = _choices.get(key)
-    if choice is None:
-        choice = _choices[key] = _packed_is_faster(packed_call, plain_call)
-        log.debug("packed linear %s: %s", key, "packed" if choice else "F.linear")
-    return choice
+    if choice is not None:
+        return packed_call() if choice else plain_call()
+    packed_times, plain_times = _trials.setdefault(key, ([], []))
+    side = packed_times if len(packed_times) <= len(plain_times) else plain_times
+    start = time.perf_counter()
+    out = packed_call() if side is packed_times else plain_call()
+    side.append(time.perf_counter() - start)
+    if len(plain_times) == _TRIAL_CALLS:
+        choice = _choices[key] = statistics.median(packed_times) <= statistics.median(plain_times)
+        del _trials[key]
+        log.debug("linear %s: %s", key, "packed" if choice else "F.linear")
+    return out
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None, packed: PackedWeight,
@@ -220,30 +221,27 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None, packed: PackedWeight,
             return _TrainingLinear.apply(x, weight, bias, w, w_t)
         return F.linear(x, weight, bias)
     key = ("linear", *weight.shape, bias is not None, _row_bucket(x))
-    if _prefer_packed(key, lambda: _packed_linear(x, w, bias), lambda: F.linear(x, weight, bias)):
-        return _packed_linear(x, w, bias)
-    return F.linear(x, weight, bias)
+    return _run_faster(key, lambda: _packed_linear(x, w, bias), lambda: F.linear(x, weight, bias))
 
 
 def grouped_linear(x: Tensor, layers: Sequence[nn.Linear], packed: PackedWeight) -> list[Tensor]:
     """[layer(x) for layer in layers] for bias-free layers sharing an input (q/k/v, gate/up).
 
     Packed, it is one matmul over the stacked weights: a decode step is dominated by per-call costs, and
-    this saves 3 of a Qwen3 layer's 7. The outputs are views into the one result. (Forward hooks on
-    the grouped modules do not run on the packed path, which never calls them.)
+    this saves 3 of a Qwen3 layer's 7. The outputs are views into the one result. On the CPU fp32 inference
+    path the modules are not called (their forward hooks do not run): the alternative timed against the
+    packed matmul is one `F.linear` per weight.
     """
-    separate = lambda: [layer(x) for layer in layers]  # noqa: E731
     if not all(layer.bias is None and _packable(x, layer.weight, None) and not _needs_grad(x, layer.weight, None)
                for layer in layers):
-        return separate()
+        return [layer(x) for layer in layers]
     w = packed.get(*(layer.weight for layer in layers))
     if w is None:
-        return separate()
+        return [layer(x) for layer in layers]
     sizes = [layer.out_features for layer in layers]
     key = ("grouped", *sizes, layers[0].in_features, _row_bucket(x))
-    if _prefer_packed(key, lambda: _packed_linear(x, w, None), separate):
-        return list(_packed_linear(x, w, None).split(sizes, dim=-1))
-    return separate()
+    return _run_faster(key, lambda: list(_packed_linear(x, w, None).split(sizes, dim=-1)),
+                       lambda: [F.linear(x, layer.weight) for layer in layers])
 
 
 class Linear(nn.Linear):
