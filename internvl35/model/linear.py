@@ -85,9 +85,12 @@ register_optimizer_step_post_hook(_count_step)
 
 
 def _packable(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
-    """Plain (not sharded, not meta) fp32 tensors on the CPU, outside autocast, with packing available."""
-    tensors = (x, weight) if bias is None else (x, weight, bias)
-    if not _AVAILABLE or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+    """Plain (not sharded, not meta) fp32 tensors on the CPU, outside autocast, with packing available.
+
+    Written as plain attribute checks: a decode step makes 30+ linear calls, and this runs for each."""
+    if not _AVAILABLE or not (x.is_cpu and weight.is_cpu) or x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return False
+    if bias is not None and (not bias.is_cpu or bias.dtype != torch.float32):
         return False
     if type(weight) not in (Tensor, nn.Parameter) or weight.layout != torch.strided:
         return False
@@ -123,12 +126,13 @@ class PackedWeight:
         self._key: tuple | None = None
 
     def get(self, *weights: Tensor) -> Tensor | None:
-        versions = [_version(w) for w in weights]
-        if None in versions:
-            return None
-        key = (_optimizer_steps, *((w.data_ptr(), v, tuple(w.shape)) for w, v in zip(weights, versions)))
-        same_objects = len(self._sources) == len(weights) and all(r() is w for r, w in zip(self._sources, weights))
-        if not same_objects or key != self._key:
+        key: list = [_optimizer_steps]
+        for w in weights:
+            version = _version(w)
+            if version is None:
+                return None
+            key += (w.data_ptr(), version, w.shape)
+        if tuple(key) != self._key or not self._same_objects(weights):
             with torch.no_grad():
                 stacked = weights[0] if len(weights) == 1 else torch.cat(weights)
                 stacked = stacked.detach().t().contiguous() if self.transpose else stacked.detach()
@@ -137,8 +141,16 @@ class PackedWeight:
                 except RuntimeError as e:  # a build or CPU whose oneDNN cannot pack: plain F.linear from now on
                     _disable(f"oneDNN could not pack a {tuple(stacked.shape)} weight ({e})")
                     return None
-            self._sources, self._key = tuple(weakref.ref(w) for w in weights), key
+            self._sources, self._key = tuple(weakref.ref(w) for w in weights), tuple(key)
         return self._packed
+
+    def _same_objects(self, weights: tuple[Tensor, ...]) -> bool:
+        if len(self._sources) != len(weights):
+            return False
+        for ref, w in zip(self._sources, weights):
+            if ref() is not w:
+                return False
+        return True
 
     def __reduce__(self):
         # A copied or pickled model starts without a packed copy and builds its own on first use.
@@ -173,12 +185,27 @@ class _TrainingLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
-# Each call shape's first 2 x _TRIAL_CALLS calls alternate between the two kernels, timed where they run
-# (a decode step's weights stream from memory; a kernel timed alone on one cache-resident weight picked the
-# wrong side), then the faster median is kept for the rest of the process.
+# Each call shape's first _TRIAL_CALLS calls run packed, the next _TRIAL_CALLS plain, and the faster side is
+# kept for the rest of the process. A call is charged the time from its start to the start of the shape's
+# next call: that takes in what the kernel does to the cache for the calls between (on an Intel Xeon, the
+# packed 32000 x 512 head was faster per call, but a decode step with it was 7% slower), and a kernel timed
+# alone on one cache-resident weight picked the wrong side. The sides run in blocks because alternating
+# between the two copies of a weight keeps both out of cache, which is not how the winner will run.
 _TRIAL_CALLS = 8
 _choices: dict[tuple, bool] = {}  # (call, weight shape(s), row bucket) -> whether the packed call is faster
-_trials: dict[tuple, tuple[list[float], list[float]]] = {}  # shapes still on trial: (packed, plain) seconds
+
+
+class _Trial:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.last_start: float | None = None
+        self.gaps: tuple[list[float], list[float]] = ([], [])  # seconds from a call to the next: packed, plain
+
+    def side(self, call: int) -> int:
+        return 0 if call < _TRIAL_CALLS else 1
+
+
+_trials: dict[tuple, _Trial] = {}  # call shapes still on trial
 
 
 def _row_bucket(x: Tensor) -> int:
@@ -195,16 +222,19 @@ def _run_faster(key: tuple, packed_call: Callable[[], Tensor], plain_call: Calla
     choice = _choices.get(key)
     if choice is not None:
         return packed_call() if choice else plain_call()
-    packed_times, plain_times = _trials.setdefault(key, ([], []))
-    side = packed_times if len(packed_times) <= len(plain_times) else plain_times
-    start = time.perf_counter()
-    out = packed_call() if side is packed_times else plain_call()
-    side.append(time.perf_counter() - start)
-    if len(plain_times) == _TRIAL_CALLS:
-        choice = _choices[key] = statistics.median(packed_times) <= statistics.median(plain_times)
+    trial = _trials.setdefault(key, _Trial())
+    now = time.perf_counter()
+    if trial.last_start is not None:
+        trial.gaps[trial.side(trial.calls - 1)].append(now - trial.last_start)
+    if trial.calls == 2 * _TRIAL_CALLS:  # every call of the trial has its gap: decide, then run the winner
+        packed_gaps, plain_gaps = trial.gaps
+        choice = _choices[key] = statistics.median(packed_gaps) <= statistics.median(plain_gaps)
         del _trials[key]
         log.debug("linear %s: %s", key, "packed" if choice else "F.linear")
-    return out
+        return packed_call() if choice else plain_call()
+    trial.last_start = now
+    trial.calls += 1
+    return packed_call() if trial.side(trial.calls - 1) == 0 else plain_call()
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None, packed: PackedWeight,
@@ -214,14 +244,21 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None, packed: PackedWeight,
     With autograd on, `packed_t` (a transposing PackedWeight) is needed for the input's gradient; without
     one, training calls take F.linear.
     """
-    if not _packable(x, weight, bias) or (w := packed.get(weight)) is None:
+    if not _packable(x, weight, bias):
         return F.linear(x, weight, bias)
     if _needs_grad(x, weight, bias):
-        if packed_t is not None and (w_t := packed_t.get(weight)) is not None:
-            return _TrainingLinear.apply(x, weight, bias, w, w_t)
-        return F.linear(x, weight, bias)
+        w = packed.get(weight)
+        w_t = None if packed_t is None or w is None else packed_t.get(weight)
+        if w_t is None:
+            return F.linear(x, weight, bias)
+        return _TrainingLinear.apply(x, weight, bias, w, w_t)
+
+    def packed_call() -> Tensor:  # checks the packed copy only when it is the one to run
+        w = packed.get(weight)
+        return F.linear(x, weight, bias) if w is None else _packed_linear(x, w, bias)
+
     key = ("linear", *weight.shape, bias is not None, _row_bucket(x))
-    return _run_faster(key, lambda: _packed_linear(x, w, bias), lambda: F.linear(x, weight, bias))
+    return _run_faster(key, packed_call, lambda: F.linear(x, weight, bias))
 
 
 def grouped_linear(x: Tensor, layers: Sequence[nn.Linear], packed: PackedWeight) -> list[Tensor]:
@@ -232,16 +269,18 @@ def grouped_linear(x: Tensor, layers: Sequence[nn.Linear], packed: PackedWeight)
     path the modules are not called (their forward hooks do not run): the alternative timed against the
     packed matmul is one `F.linear` per weight.
     """
-    if not all(layer.bias is None and _packable(x, layer.weight, None) and not _needs_grad(x, layer.weight, None)
-               for layer in layers):
-        return [layer(x) for layer in layers]
-    w = packed.get(*(layer.weight for layer in layers))
-    if w is None:
-        return [layer(x) for layer in layers]
+    separate = lambda: [layer(x) for layer in layers]  # noqa: E731
+    for layer in layers:
+        if layer.bias is not None or not _packable(x, layer.weight, None) or _needs_grad(x, layer.weight, None):
+            return separate()
     sizes = [layer.out_features for layer in layers]
+
+    def packed_call() -> list[Tensor]:
+        w = packed.get(*(layer.weight for layer in layers))
+        return separate() if w is None else list(_packed_linear(x, w, None).split(sizes, dim=-1))
+
     key = ("grouped", *sizes, layers[0].in_features, _row_bucket(x))
-    return _run_faster(key, lambda: list(_packed_linear(x, w, None).split(sizes, dim=-1)),
-                       lambda: [F.linear(x, layer.weight) for layer in layers])
+    return _run_faster(key, packed_call, lambda: [F.linear(x, layer.weight) for layer in layers])
 
 
 class Linear(nn.Linear):
