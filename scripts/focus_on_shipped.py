@@ -1,0 +1,57 @@
+"""Train one more SFT stage (a "focus" stage) on top of the shipped model, with a re-weighted task mix.
+
+    python scripts/focus_on_shipped.py OUT_DIR --weights 3,4,1,1,1,1 [--steps 150] [--lr 5e-4]
+
+--weights are the relative weights of digits, shapes, chart, document, gui, embodied. Everything else is stage
+1's mix and settings (thinking 25%, half of the digit scenes as words, the anchor on the others, reading 8:1 on
+2-8-digit lines, the ViT frozen); the example stream continues where the shipped model's stages stopped (39,600
+examples), so no example repeats. The model is exported to OUT_DIR/final, in bf16 like the shipped one; score
+it with `internvl35 eval --model OUT_DIR/final`. Behind docs/results.md, E42-E43.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from internvl35.checkpoint import load_model  # noqa: E402
+from internvl35.data.tokenizer import ChatTokenizer  # noqa: E402
+from internvl35.train.data import TaskMix, TaskSource  # noqa: E402
+from internvl35.train.recipe import LONG_LINES, TINY, export_model  # noqa: E402
+from internvl35.train.sft import SFTConfig, SFTTrainer  # noqa: E402
+
+SHIPPED = Path(__file__).resolve().parents[1] / "internvl35" / "assets" / "internvl35-tiny"
+SHIPPED_EXAMPLES = 3300 * 8 + 100 * 24 + 450 * 24  # warm-up, bridge and stage 1 of the shipped run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--weights", required=True, help="six relative family weights, comma-separated")
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    args = parser.parse_args()
+    weights = tuple(float(w) for w in args.weights.split(","))
+    torch.set_num_threads(2)
+    model = load_model(SHIPPED, dtype=torch.float32)
+    tokenizer = ChatTokenizer.from_dir(SHIPPED)
+    mix = TaskMix(weights=weights, thinking_ratio=0.25, symbolic_ratio=0.5, anchor_families=("digits",),
+                  kind_weights=(("digits/read", 8.0),), kind_options=LONG_LINES)
+    stage1 = {k: v for k, v in TINY.sft.items() if k not in ("steps", "lr", "save_every")}
+    cfg = SFTConfig(out_dir=str(args.out), steps=args.steps, lr=args.lr, save_every=args.steps,
+                    start_example=SHIPPED_EXAMPLES, **stage1)
+    started = time.perf_counter()
+    SFTTrainer(model, TaskSource(tokenizer, model.config, mix, seed=1), cfg, pad_id=tokenizer.pad_id).run()
+    print(f"trained in {time.perf_counter() - started:.0f} s")
+    meta = {"focus_on_shipped": {"weights": weights, "steps": args.steps, "lr": args.lr}}
+    export_model(model, tokenizer, args.out / "final", args.out, torch.bfloat16, meta)
+
+
+if __name__ == "__main__":
+    main()
