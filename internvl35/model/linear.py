@@ -26,6 +26,7 @@ import logging
 import os
 import statistics
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 
@@ -48,20 +49,24 @@ _TIMED_ROWS = 64
 
 
 def _mode() -> str:
-    """INTERNVL35_PACKED_LINEAR: "0" (never packed), "1" (always, untimed) or "auto" (the default)."""
+    """INTERNVL35_PACKED_LINEAR: "0" (never packed), "1" (always, no trial) or "auto" (the default).
+
+    Read at import, so another value warns and means auto instead of failing every import of the package."""
     value = os.environ.get("INTERNVL35_PACKED_LINEAR", "auto").strip().lower()
     if value not in ("0", "1", "auto"):
-        raise ValueError(f"INTERNVL35_PACKED_LINEAR must be 0, 1 or auto, got {value!r}")
+        warnings.warn(f"INTERNVL35_PACKED_LINEAR={value!r} is not 0, 1 or auto; using auto", stacklevel=2)
+        return "auto"
     return value
 
 
-def _available() -> bool:
-    return (_mode() != "0" and torch.backends.mkldnn.is_available()
+def _available(mode: str | None = None) -> bool:
+    return ((mode or _mode()) != "0" and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
-_AVAILABLE = _available()
-_ALWAYS_PACKED = _mode() == "1"
+_MODE = _mode()
+_AVAILABLE = _available(_MODE)
+_ALWAYS_PACKED = _MODE == "1"
 
 
 def _reorder(weight: Tensor) -> Tensor:
