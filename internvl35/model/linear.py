@@ -234,7 +234,7 @@ def _run_faster(key: tuple, packed_call: Callable[[], Tensor], plain_call: Calla
     if trial.calls == 2 * _TRIAL_CALLS:  # every call of the trial has its gap: decide, then run the winner
         packed_gaps, plain_gaps = trial.gaps
         choice = _choices[key] = statistics.median(packed_gaps) <= statistics.median(plain_gaps)
-        del _trials[key]
+        _trials.pop(key, None)  # (another thread may have decided it too)
         log.debug("linear %s: %s", key, "packed" if choice else "F.linear")
         return packed_call() if choice else plain_call()
     trial.last_start = now
