@@ -113,11 +113,25 @@ def test_frozen_layer_passes_the_input_gradient():
     assert layer.weight.grad is None
 
 
-def test_other_dtypes_fall_back():
-    layer = _layer().to(torch.bfloat16)
+def test_float16_falls_back():
+    layer = _layer().to(torch.float16)
     with torch.no_grad():
-        layer(torch.randn(2, 48, dtype=torch.bfloat16))
+        layer(torch.randn(2, 48, dtype=torch.float16))
     assert layer._packed_weight._key is None
+
+
+@pytest.mark.skipif(torch.bfloat16 not in linear_mod._PACKED_DTYPES, reason="this CPU's oneDNN has no native bf16")
+def test_bfloat16_inference_is_packed_and_training_is_not():
+    layer = _layer().to(torch.bfloat16)
+    x = torch.randn(5, 48, dtype=torch.bfloat16)
+    with torch.no_grad():
+        out = layer(x)
+    assert layer._packed_weight._key is not None and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias))  # bf16 tolerances
+    packed_key = layer._packed_weight._key
+    layer(x.requires_grad_()).sum().backward()  # training in bf16: plain F.linear, no transposed copy
+    assert layer._packed_weight_t._key is None and layer._packed_weight._key == packed_key
+    assert x.grad is not None and layer.weight.grad is not None
 
 
 def test_copy_starts_without_a_packed_weight():
@@ -225,11 +239,11 @@ def test_small_calls_try_both_kernels_then_keep_the_faster(monkeypatch, packed_w
                 assert calls == {"packed": trial // 2, "plain": 0}
             if i == trial - 1:  # the next call closes the last gap and decides
                 assert calls == {"packed": trial // 2, "plain": trial // 2} and not linear_mod._choices
-    assert linear_mod._choices == {("linear", 300, 48, True, 4): packed_wins}
+    assert linear_mod._choices == {("linear", torch.float32, 300, 48, True, 4): packed_wins}
     assert calls == {"packed": trial // 2 + 5 * packed_wins, "plain": trial // 2 + 5 * (not packed_wins)}
     with torch.no_grad():
         layer(torch.randn(1, 48))  # another bucket: a trial of its own
-    assert ("linear", 300, 48, True, 1) in linear_mod._trials
+    assert ("linear", torch.float32, 300, 48, True, 1) in linear_mod._trials
 
 
 @pytest.mark.timed
@@ -254,7 +268,7 @@ def test_grouped_trial_compares_one_matmul_with_one_f_linear_per_layer(monkeypat
         for _ in range(2 * linear_mod._TRIAL_CALLS + 1):
             for out, layer in zip(grouped_linear(x, layers, group), layers):
                 torch.testing.assert_close(out, _reference(layer, x), rtol=1e-5, atol=1e-5)
-    winner = linear_mod._choices[("grouped", 64, 32, 32, 48, 1)]
+    winner = linear_mod._choices[("grouped", torch.float32, 64, 32, 32, 48, 1)]
     assert calls == {"packed": linear_mod._TRIAL_CALLS + winner, "plain": 3 * (linear_mod._TRIAL_CALLS + (not winner))}
 
 
