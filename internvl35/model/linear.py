@@ -67,10 +67,16 @@ def _available(mode: str | None = None) -> bool:
 _MODE = _mode()
 _AVAILABLE = _available(_MODE)
 _ALWAYS_PACKED = _MODE == "1"
-# bf16 where oneDNN runs it natively (AVX512-BF16 or AMX): on an Intel Xeon with AMX the decoder's matrices and
-# head took 2.6 ms packed against 4.1 ms through F.linear at 1 row. Training stays fp32-only (`linear`).
-_PACKED_DTYPES = (torch.float32, torch.bfloat16) if _AVAILABLE and torch.ops.mkldnn._is_mkldnn_bf16_supported() \
-    else (torch.float32,)
+
+
+def _packed_dtypes() -> tuple[torch.dtype, ...]:
+    """fp32, and bf16 where oneDNN runs it natively (AVX512-BF16 or AMX): on an Intel Xeon with AMX the decoder's
+    matrices and head took 2.6 ms packed against 4.1 ms through F.linear at 1 row. Training stays fp32 (`linear`)."""
+    native_bf16 = hasattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported") and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return (torch.float32, torch.bfloat16) if _AVAILABLE and native_bf16 else (torch.float32,)
+
+
+_PACKED_DTYPES = _packed_dtypes()
 
 
 def _reorder(weight: Tensor) -> Tensor:
@@ -81,6 +87,7 @@ def _disable(why: str) -> None:
     global _AVAILABLE
     _AVAILABLE = False
     log.warning("packed CPU linears turned off: %s", why)
+
 
 _optimizer_steps = 0  # optimizer steps taken in this process, by any optimizer
 
