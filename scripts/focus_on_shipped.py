@@ -6,7 +6,8 @@
 1's mix and settings (thinking 25%, half of the digit scenes as words, the anchor on the others, reading 8:1 on
 2-8-digit lines, the ViT frozen); the example stream continues where the shipped model's stages stopped (39,600
 examples), so no example repeats. The model is exported to OUT_DIR/final, in bf16 like the shipped one; score
-it with `internvl35 eval --model OUT_DIR/final`. Behind docs/results.md, E42-E43.
+it with `internvl35 eval --model OUT_DIR/final`. Behind docs/results.md, E42-E43, which ran on the model shipped
+then (runs/e38); the shipped model is now runs/s8, trained by the same recipe, so the stream offset still holds.
 """
 
 from __future__ import annotations
