@@ -29,6 +29,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -223,6 +224,7 @@ class _Trial:
 
 
 _trials: dict[tuple, _Trial] = {}  # call shapes still on trial
+_Out = TypeVar("_Out")  # a Tensor, or the list of a grouped call
 
 
 def _row_bucket(x: Tensor) -> int:
@@ -231,7 +233,7 @@ def _row_bucket(x: Tensor) -> int:
     return 1 << max(rows - 1, 0).bit_length()
 
 
-def _run_faster(key: tuple, packed_call: Callable[[], Tensor], plain_call: Callable[[], Tensor]):
+def _run_faster(key: tuple, packed_call: Callable[[], _Out], plain_call: Callable[[], _Out]) -> _Out:
     """Run the packed or the plain call for this call shape: packed above `_TIMED_ROWS` rows (key[-1]) or with
     INTERNVL35_PACKED_LINEAR=1; otherwise whichever won the shape's trial (see `_TRIAL_CALLS`)."""
     if _ALWAYS_PACKED or key[-1] > _TIMED_ROWS:
