@@ -135,7 +135,7 @@ def test_eval_baseline_is_the_best_constant_answer():
 def test_cli_train_sft_on_jsonl_with_mlp_warmup_freezing(model_dir, tmp_path):
     from internvl35.checkpoint import load_model
 
-    img = _png(tmp_path / "a.png")
+    _png(tmp_path / "a.png")  # the image the JSONL names
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"question": f"Colour {i}?", "answer": "red", "images": ["a.png"]}) + "\n"
                             for i in range(3)))

@@ -12,7 +12,7 @@ from internvl35.presets import preset
 from internvl35.train.loss import (
     IGNORE_INDEX, anchor_loss, class_balanced_weights, sample_weights, token_weight, weighted_ce,
 )
-from internvl35.train.packing import TrainExample, collate, pack
+from internvl35.train.packing import TrainExample, pack
 from internvl35.train.sft import SFTConfig, SFTTrainer, lr_at, micro_batches, train_step
 
 IMG = 500

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import importlib
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Literal
 
