@@ -16,8 +16,7 @@ pytestmark = pytest.mark.skipif(not linear_mod._AVAILABLE, reason="oneDNN weight
 def always_packed(request, monkeypatch):
     """Most tests check the packed path's math, so they take it for every call instead of whichever one the
     timing picks; the tests of the timed choice opt out with the `timed` marker."""
-    if "timed" not in request.keywords:
-        monkeypatch.setattr(linear_mod, "_ALWAYS_PACKED", True)
+    monkeypatch.setattr(linear_mod, "_ALWAYS_PACKED", "timed" not in request.keywords)  # whatever the env says
     monkeypatch.setattr(linear_mod, "_choices", {})
     monkeypatch.setattr(linear_mod, "_trials", {})
 
