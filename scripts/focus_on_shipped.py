@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -23,12 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from internvl35.checkpoint import load_model  # noqa: E402
 from internvl35.data.tokenizer import ChatTokenizer  # noqa: E402
-from internvl35.train.data import TaskMix, TaskSource  # noqa: E402
-from internvl35.train.recipe import LONG_LINES, TINY, export_model  # noqa: E402
+from internvl35.train.data import TaskSource  # noqa: E402
+from internvl35.train.recipe import TINY, export_model  # noqa: E402
 from internvl35.train.sft import SFTConfig, SFTTrainer  # noqa: E402
 
 SHIPPED = Path(__file__).resolve().parents[1] / "internvl35" / "assets" / "internvl35-tiny"
-SHIPPED_EXAMPLES = 3300 * 8 + 100 * 24 + 450 * 24  # warm-up, bridge and stage 1 of the shipped run
+# The examples the recipe's warm-up, bridge and stage 1 consumed (39,600), so that this stage's are all new.
+SHIPPED_EXAMPLES = sum(fields["steps"] * fields["examples_per_step"]
+                       for fields in (TINY.warmup[1], TINY.bridge[1], TINY.sft))
 
 
 def main() -> None:
@@ -42,8 +45,7 @@ def main() -> None:
     torch.set_num_threads(2)
     model = load_model(SHIPPED, dtype=torch.float32)
     tokenizer = ChatTokenizer.from_dir(SHIPPED)
-    mix = TaskMix(weights=weights, thinking_ratio=0.25, symbolic_ratio=0.5, anchor_families=("digits",),
-                  kind_weights=(("digits/read", 8.0),), kind_options=LONG_LINES)
+    mix = replace(TINY.mix, weights=weights)  # stage 1's mix, re-weighted
     stage1 = {k: v for k, v in TINY.sft.items() if k not in ("steps", "lr", "save_every")}
     cfg = SFTConfig(out_dir=str(args.out), steps=args.steps, lr=args.lr, save_every=args.steps,
                     start_example=SHIPPED_EXAMPLES, **stage1)
