@@ -84,10 +84,11 @@ def _reorder(weight: Tensor) -> Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight, _ROWS_HINT)
 
 
-def _disable(why: str) -> None:
-    global _AVAILABLE
-    _AVAILABLE = False
-    log.warning("packed CPU linears turned off: %s", why)
+def _disable(dtype: torch.dtype, why: str) -> None:
+    """Stop packing weights of this dtype (another dtype's packing, e.g. fp32's beside a refused bf16, stays on)."""
+    global _PACKED_DTYPES
+    _PACKED_DTYPES = tuple(d for d in _PACKED_DTYPES if d != dtype)
+    log.warning("packed CPU linears turned off for %s: %s", dtype, why)
 
 
 _optimizer_steps = 0  # optimizer steps taken in this process, by any optimizer
@@ -156,8 +157,8 @@ class PackedWeight:
                 stacked = stacked.detach().t().contiguous() if self.transpose else stacked.detach()
                 try:
                     self._packed = _reorder(stacked)
-                except RuntimeError as e:  # a build or CPU whose oneDNN cannot pack: plain F.linear from now on
-                    _disable(f"oneDNN could not pack a {tuple(stacked.shape)} weight ({e})")
+                except RuntimeError as e:  # a build or CPU whose oneDNN cannot pack this dtype: F.linear from now on
+                    _disable(stacked.dtype, f"oneDNN could not pack a {tuple(stacked.shape)} weight ({e})")
                     return None
             self._sources, self._key = tuple(weakref.ref(w) for w in weights), tuple(key)
         return self._packed
