@@ -1,10 +1,11 @@
 """Train one more SFT stage (a "focus" stage) on top of the shipped model, with a re-weighted task mix.
 
     python scripts/focus_on_shipped.py OUT_DIR --weights 3,4,1,1,1,1 [--steps 150] [--lr 5e-4]
+    python scripts/focus_on_shipped.py OUT_DIR --weights 0,0,1,0,0,0 --freeze "" --vit-lr-scale 0.2   # ViT trains too
 
 --weights are the relative weights of digits, shapes, chart, document, gui, embodied. Everything else is stage
 1's mix and settings (thinking 25%, half of the digit scenes as words, the anchor on the others, reading 8:1 on
-2-8-digit lines, the ViT frozen); the example stream continues where the shipped model's stages stopped (39,600
+2-8-digit lines, the ViT frozen unless --freeze says otherwise); the example stream continues where the shipped model's stages stopped (39,600
 examples), so no example repeats. The model is exported to OUT_DIR/final, in bf16 like the shipped one; score
 it with `internvl35 eval --model OUT_DIR/final`. Behind docs/results.md, E42-E43, which ran on the model shipped
 then (runs/e38); the shipped model is now runs/s8, trained by the same recipe, so the stream offset still holds.
@@ -40,19 +41,25 @@ def main() -> None:
     parser.add_argument("--weights", required=True, help="six relative family weights, comma-separated")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--freeze", default=",".join(TINY.sft["freeze"]),
+                        help="parts to freeze, comma-separated (default: stage 1's, the ViT); \"\" trains all")
+    parser.add_argument("--vit-lr-scale", type=float, default=None, help="the ViT's learning rate, as a share of --lr")
     args = parser.parse_args()
     weights = tuple(float(w) for w in args.weights.split(","))
     torch.set_num_threads(2)
     model = load_model(SHIPPED, dtype=torch.float32)
     tokenizer = ChatTokenizer.from_dir(SHIPPED)
     mix = replace(TINY.mix, weights=weights)  # stage 1's mix, re-weighted
-    stage1 = {k: v for k, v in TINY.sft.items() if k not in ("steps", "lr", "save_every")}
+    stage1 = {k: v for k, v in TINY.sft.items() if k not in ("steps", "lr", "save_every", "freeze")}
+    freeze = tuple(part for part in args.freeze.split(",") if part)
+    lr_scale = {} if args.vit_lr_scale is None else {"vit": args.vit_lr_scale}
     cfg = SFTConfig(out_dir=str(args.out), steps=args.steps, lr=args.lr, save_every=args.steps,
-                    start_example=SHIPPED_EXAMPLES, **stage1)
+                    start_example=SHIPPED_EXAMPLES, freeze=freeze, lr_scale=lr_scale, **stage1)
     started = time.perf_counter()
     SFTTrainer(model, TaskSource(tokenizer, model.config, mix, seed=1), cfg, pad_id=tokenizer.pad_id).run()
     print(f"trained in {time.perf_counter() - started:.0f} s")
-    meta = {"focus_on_shipped": {"weights": weights, "steps": args.steps, "lr": args.lr}}
+    meta = {"focus_on_shipped": {"weights": weights, "steps": args.steps, "lr": args.lr, "freeze": freeze,
+                                 "lr_scale": lr_scale}}
     export_model(model, tokenizer, args.out / "final", args.out, torch.bfloat16, meta)
 
 
