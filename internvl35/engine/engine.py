@@ -25,6 +25,8 @@ from internvl35.engine.stopping import StopChecker
 from internvl35.model.internvl import ImageFeatures, InternVLModel
 
 DEFAULT_MAX_SEQ_LEN = 4096  # per-slot context when not given (capped by the model's max positions)
+# Projected image features kept for reuse: ~256 tiles of a 1024-wide language model in fp32 (1 MiB a tile).
+DEFAULT_IMAGE_CACHE_BYTES = 256 << 20
 
 
 class PromptTooLongError(ValueError):
@@ -52,9 +54,12 @@ class RequestOutput:
 class Engine:
     def __init__(self, model: InternVLModel, *, eos_token_ids: Seq[int], max_batch_size: int = 16,
                  max_seq_len: int | None = None, detokenize: Callable[[list[int]], str] | None = None,
-                 device: torch.device | str | None = None, max_prefill_tokens: int = 4096) -> None:
+                 device: torch.device | str | None = None, max_prefill_tokens: int = 4096,
+                 image_cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES) -> None:
         """max_seq_len: per-request context (prompt + new tokens); the cache holds max_batch_size of them.
-        max_prefill_tokens: prompt tokens admitted per step (a single longer prompt is still admitted)."""
+        max_prefill_tokens: prompt tokens admitted per step (a single longer prompt is still admitted).
+        image_cache_bytes: projected image features kept for later requests with the same pixels (a chat's
+        next turn, another question about the image), least recently used evicted first; 0 turns it off."""
         if max_batch_size < 1 or max_prefill_tokens < 1:
             raise ValueError(f"max_batch_size and max_prefill_tokens must be >= 1, got {max_batch_size}, {max_prefill_tokens}")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -65,7 +70,7 @@ class Engine:
             raise ValueError(f"max_seq_len={self.max_seq_len} must be in 2..{limit} (the model's max positions)")
         self.detokenize = detokenize
         self.scheduler = Scheduler(max_batch_size, max_prefill_tokens, StopChecker(eos_token_ids, detokenize))
-        self.runner = ModelRunner(self.model, max_batch_size, self.max_seq_len, self.device)
+        self.runner = ModelRunner(self.model, max_batch_size, self.max_seq_len, self.device, image_cache_bytes)
         self._next_id = 0
 
     # ---- requests --------------------------------------------------------------------------------------

@@ -10,16 +10,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from internvl35.engine.image_cache import ImageFeatureCache
 from internvl35.engine.kv_cache import SlotKVCache
 from internvl35.engine.sampling import sample
 from internvl35.engine.sequence import Sequence
 from internvl35.model.attention import AttentionInput, segmented_input
 from internvl35.model.internvl import ImageFeatures, InternVLModel
+from internvl35.model.linear import weights_version
 
 
 class ModelRunner:
-    def __init__(self, model: InternVLModel, max_slots: int, max_seq_len: int, device: torch.device) -> None:
+    def __init__(self, model: InternVLModel, max_slots: int, max_seq_len: int, device: torch.device,
+                 image_cache_bytes: int = 0) -> None:
         self.model, self.device = model, device
+        self.image_cache = ImageFeatureCache(image_cache_bytes) if image_cache_bytes else None
+        # Everything that turns pixels into features: the parameters outside the language model.
+        self._encoder_params = [p for name, p in model.named_parameters() if not name.startswith("language_model.")]
         t = model.config.text
         dtype = model.language_model.model.embed_tokens.weight.dtype
         self.cache = SlotKVCache(t.num_hidden_layers, max_slots, t.num_key_value_heads, max_seq_len, t.head_dim,
@@ -32,13 +38,28 @@ class ModelRunner:
     # ---- prefill ---------------------------------------------------------------------------------------
 
     def encode_images(self, seqs: list[Sequence]) -> None:
-        """Turn pixel tiles into ImageFeatures, once per request: all admitted requests' tiles in one ViT call."""
+        """Turn pixel tiles into ImageFeatures, once per distinct image set: the admitted requests' new tiles in
+        one ViT call; tiles seen before (in this batch or, with the image cache, an earlier one) reuse theirs."""
         todo = [s for s in seqs if s.pixel_values is not None and s.image_features is None]
         if not todo:
             return
-        feats = self.model.encode_images(torch.cat([s.pixel_values for s in todo]).to(self.device))
-        for seq, part in zip(todo, feats.split([s.pixel_values.shape[0] for s in todo])):
-            seq.image_features, seq.pixel_values = part, None
+        version = weights_version(self._encoder_params) if self.image_cache is not None else None
+        groups: dict[object, list[Sequence]] = {}  # requests with the same tiles share one encoding
+        for i, seq in enumerate(todo):
+            key = self.image_cache.key(seq.pixel_values, version) if version is not None else i
+            groups.setdefault(key, []).append(seq)
+        cached = {key: self.image_cache.get(key) for key in groups} if version is not None else {}
+        new = [key for key in groups if cached.get(key) is None]
+        if new:
+            pixels = [groups[key][0].pixel_values for key in new]
+            feats = self.model.encode_images(torch.cat(pixels).to(self.device))
+            for key, part in zip(new, feats.split([p.shape[0] for p in pixels])):
+                cached[key] = part
+                if version is not None:
+                    self.image_cache.put(key, part)
+        for key, group in groups.items():
+            for seq in group:
+                seq.image_features, seq.pixel_values = cached[key], None
 
     @torch.inference_mode()
     def prefill(self, seqs: list[Sequence]) -> Tensor:

@@ -28,7 +28,7 @@ import statistics
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 import torch
@@ -129,6 +129,19 @@ def _version(weight: Tensor) -> int | None:
         return None
 
 
+def weights_version(weights: Iterable[Tensor]) -> tuple | None:
+    """What identifies the current values of these weights: the optimizer steps taken in this process, and each
+    weight's storage, in-place version and shape. None when one is an inference tensor (it has no version).
+    Writes through `p.data` are not seen (see the module docstring)."""
+    key: list = [_optimizer_steps]
+    for w in weights:
+        version = _version(w)
+        if version is None:
+            return None
+        key += (w.data_ptr(), version, w.shape)
+    return tuple(key)
+
+
 class PackedWeight:
     """The oneDNN-packed copy of one weight (or of several stacked along the output dimension, or of one
     transposed), rebuilt when any of them changes.
@@ -145,13 +158,10 @@ class PackedWeight:
         self._key: tuple | None = None
 
     def get(self, *weights: Tensor) -> Tensor | None:
-        key: list = [_optimizer_steps]
-        for w in weights:
-            version = _version(w)
-            if version is None:
-                return None
-            key += (w.data_ptr(), version, w.shape)
-        if tuple(key) != self._key or not self._same_objects(weights):
+        key = weights_version(weights)
+        if key is None:
+            return None
+        if key != self._key or not self._same_objects(weights):
             with torch.no_grad():
                 stacked = weights[0] if len(weights) == 1 else torch.cat(weights)
                 stacked = stacked.detach().t().contiguous() if self.transpose else stacked.detach()
@@ -160,7 +170,7 @@ class PackedWeight:
                 except RuntimeError as e:  # a build or CPU whose oneDNN cannot pack this dtype: F.linear from now on
                     _disable(stacked.dtype, f"oneDNN could not pack a {tuple(stacked.shape)} weight ({e})")
                     return None
-            self._sources, self._key = tuple(weakref.ref(w) for w in weights), tuple(key)
+            self._sources, self._key = tuple(weakref.ref(w) for w in weights), key
         return self._packed
 
     def _same_objects(self, weights: tuple[Tensor, ...]) -> bool:

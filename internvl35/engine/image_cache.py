@@ -1,0 +1,69 @@
+"""Projected image features kept across requests, so that a request about an image seen before skips the ViT.
+
+A multi-turn chat rebuilds its prompt from the history at every turn and sends the turn's images again; an
+evaluation or a batch asks several questions about one image. Without this cache each of those runs the
+vision tower again, which on a CPU costs more than the rest of the prefill (docs/benchmarks.md).
+
+A key is the SHA-256 of the request's pixel tiles (with their dtype and shape) and the version of the weights
+that turn pixels into features (`linear.weights_version`: storage, in-place version and optimizer steps). A
+weight update (an optimizer step, `load_state_dict`, an RL weight sync) therefore never serves features of the
+old weights. A cryptographic digest, not a cheap checksum: on a server, a request must not be able to collide
+with another user's image. Entries are evicted least recently used first, within a byte budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+
+import torch
+from torch import Tensor
+
+from internvl35.model.internvl import ImageFeatures
+
+CacheKey = tuple[bytes, str, tuple[int, ...], tuple]
+
+
+def pixels_digest(pixels: Tensor) -> bytes:
+    """SHA-256 of the tensor's bytes (any dtype; a GPU tensor is copied to the host first)."""
+    data = pixels.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+    return hashlib.sha256(memoryview(data.numpy())).digest()
+
+
+class ImageFeatureCache:
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes < 0:
+            raise ValueError(f"image cache size must be >= 0 bytes, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = self.misses = 0
+        self._entries: OrderedDict[CacheKey, ImageFeatures] = OrderedDict()
+        self._weights_version: tuple | None = None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def key(self, pixels: Tensor, weights_version: tuple) -> CacheKey:
+        if weights_version != self._weights_version:  # features of older weights can never be hit again
+            self._entries.clear()
+            self.bytes, self._weights_version = 0, weights_version
+        return pixels_digest(pixels), str(pixels.dtype), tuple(pixels.shape), weights_version
+
+    def get(self, key: CacheKey) -> ImageFeatures | None:
+        features = self._entries.get(key)
+        if features is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return features
+
+    def put(self, key: CacheKey, features: ImageFeatures) -> None:
+        size = features.embeds.numel() * features.embeds.element_size()
+        if size > self.max_bytes or key in self._entries:
+            return
+        self._entries[key] = features
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, old = self._entries.popitem(last=False)
+            self.bytes -= old.embeds.numel() * old.embeds.element_size()
