@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> None:
           f"median of {args.repeats}")
 
     p1, x1 = prompt(40, 1, seed=1), pixels(1, seed=1)
-    p5, x5 = prompt(40, 5, seed=5), pixels(5, seed=5)
+    p5 = prompt(40, 5, seed=5)
     ours_tok, theirs_tok = b.ours_one(p1, x1, 16), b.theirs_one(p1, x1, 16)
     same = next((i for i, (a, c) in enumerate(zip(ours_tok, theirs_tok)) if a != c), len(ours_tok))
     note = "" if same == len(ours_tok) else "  <-- MISMATCH"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from internvl35.engine import Engine, Request, SamplingParams
+from internvl35.engine import Engine, Request
 from internvl35.engine.image_cache import ImageFeatureCache
 from internvl35.model.internvl import ImageFeatures
 from tests.test_engine import GREEDY, _model, _pixels, _prompt
