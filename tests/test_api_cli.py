@@ -42,6 +42,20 @@ def test_chat_batch_and_stream_agree(vl, tmp_path):
     assert "".join(vl.stream_chat("What colour is it?", [img], params=params)) == one
 
 
+def test_a_chats_next_turn_reuses_the_image_features(tmp_path):
+    # The path a REPL user takes: the image is loaded and tiled again from its file for every turn.
+    torch.manual_seed(0)
+    vl = InternVL.from_pretrained("tiny-test", max_seq_len=1024)
+    img = _png(tmp_path / "turns.png", size=(224, 56))
+    params = SamplingParams(max_new_tokens=6)
+    first = "".join(vl.stream_chat("What is it?", [img], params=params))
+    second = vl.chat("And its colour?", [img], params=params, history=[("<image>\nWhat is it?", first)])
+    cache = vl.engine.runner.image_cache
+    assert (cache.hits, cache.misses) == (1, 1)
+    uncached = InternVL(vl.model, vl.tokenizer, max_seq_len=1024, image_cache_bytes=0)
+    assert uncached.chat("And its colour?", [img], params=params, history=[("<image>\nWhat is it?", first)]) == second
+
+
 def test_prompt_has_image_tokens_per_tile(vl, tmp_path):
     inputs = vl.prepare("Describe.", [_png(tmp_path / "wide.png", size=(224, 56))])
     n_tiles = inputs.pixel_values.shape[0]
