@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -115,3 +117,12 @@ def test_the_api_passes_the_cache_size_to_its_engine():
 
     assert InternVL.from_pretrained("tiny-test", image_cache_bytes=0).engine.runner.image_cache is None
     assert InternVL.from_pretrained("tiny-test", image_cache_bytes=1 << 20).engine.runner.image_cache.max_bytes == 1 << 20
+
+
+def test_a_replaced_projector_is_a_weight_change(model, monkeypatch):
+    engine = Engine(model, eos_token_ids=[])
+    engine.generate([_request(model, 1, seed=6)])
+    model.mlp1 = copy.deepcopy(model.mlp1)  # new parameter objects, same values
+    calls = _count_encodes(monkeypatch, model)
+    engine.generate([_request(model, 1, seed=6)])
+    assert calls == [1]

@@ -24,8 +24,6 @@ class ModelRunner:
                  image_cache_bytes: int = 0) -> None:
         self.model, self.device = model, device
         self.image_cache = ImageFeatureCache(image_cache_bytes) if image_cache_bytes else None
-        # Everything that turns pixels into features: the parameters outside the language model.
-        self._encoder_params = [p for name, p in model.named_parameters() if not name.startswith("language_model.")]
         t = model.config.text
         dtype = model.language_model.model.embed_tokens.weight.dtype
         self.cache = SlotKVCache(t.num_hidden_layers, max_slots, t.num_key_value_heads, max_seq_len, t.head_dim,
@@ -43,7 +41,7 @@ class ModelRunner:
         todo = [s for s in seqs if s.pixel_values is not None and s.image_features is None]
         if not todo:
             return
-        version = weights_version(self._encoder_params) if self.image_cache is not None else None
+        version = self._encoder_version() if self.image_cache is not None else None
         groups: dict[object, list[Sequence]] = {}  # requests with the same tiles share one encoding
         for i, seq in enumerate(todo):
             key = self.image_cache.key(seq.pixel_values, version) if version is not None else i
@@ -60,6 +58,11 @@ class ModelRunner:
         for key, group in groups.items():
             for seq in group:
                 seq.image_features, seq.pixel_values = cached[key], None
+
+    def _encoder_version(self) -> tuple | None:
+        """The version of everything that turns pixels into features: the parameters outside the language model,
+        listed afresh each time (a replaced module is a change too; ~100 parameters, microseconds)."""
+        return weights_version(p for name, p in self.model.named_parameters() if not name.startswith("language_model."))
 
     @torch.inference_mode()
     def prefill(self, seqs: list[Sequence]) -> Tensor:
