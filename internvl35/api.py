@@ -23,7 +23,9 @@ from internvl35.data.image import load_image
 from internvl35.data.inputs import ModelInputs, build_inputs
 from internvl35.data.tokenizer import ChatTokenizer, tiny_tokenizer
 from internvl35.data.video import load_video_frames
-from internvl35.engine.engine import DEFAULT_IMAGE_CACHE_BYTES, Engine, Request, RequestOutput
+from internvl35.engine.engine import (
+    DEFAULT_IMAGE_CACHE_BYTES, DEFAULT_PREFIX_CACHE_BYTES, Engine, Request, RequestOutput,
+)
 from internvl35.engine.sampling import SamplingParams
 from internvl35.engine.scoring import score
 from internvl35.model.internvl import InternVLModel
@@ -49,14 +51,15 @@ def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch
 
 class InternVL:
     def __init__(self, model: InternVLModel, tokenizer: ChatTokenizer, *, max_batch_size: int = 16,
-                 max_seq_len: int | None = None, image_cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES) -> None:
+                 max_seq_len: int | None = None, image_cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES,
+                 prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES) -> None:
         if model.config.image_token_id is not None and model.config.image_token_id != tokenizer.img_context_id:
             raise ValueError(f"the model's image_token_id {model.config.image_token_id} is not the tokenizer's "
                              f"<IMG_CONTEXT> id {tokenizer.img_context_id}: tokenizer and weights do not belong together")
         self.model, self.tokenizer, self.config = model, tokenizer, model.config
         self.engine = Engine(model, eos_token_ids=[tokenizer.im_end_id, tokenizer.pad_id], detokenize=tokenizer.decode,
                              max_batch_size=max_batch_size, max_seq_len=max_seq_len,
-                             image_cache_bytes=image_cache_bytes)
+                             image_cache_bytes=image_cache_bytes, prefix_cache_bytes=prefix_cache_bytes)
 
     @classmethod
     def from_pretrained(cls, source: str | Path | None = None, *, dtype: str | torch.dtype = "auto",

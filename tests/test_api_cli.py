@@ -42,7 +42,7 @@ def test_chat_batch_and_stream_agree(vl, tmp_path):
     assert "".join(vl.stream_chat("What colour is it?", [img], params=params)) == one
 
 
-def test_a_chats_next_turn_reuses_the_image_features(tmp_path):
+def test_a_chats_next_turn_reuses_the_image_features_and_the_prefix(tmp_path):
     # The path a REPL user takes: the image is loaded and tiled again from its file for every turn.
     torch.manual_seed(0)
     vl = InternVL.from_pretrained("tiny-test", max_seq_len=1024)
@@ -52,7 +52,8 @@ def test_a_chats_next_turn_reuses_the_image_features(tmp_path):
     second = vl.chat("And its colour?", [img], params=params, history=[("<image>\nWhat is it?", first)])
     cache = vl.engine.runner.image_cache
     assert (cache.hits, cache.misses) == (1, 1)
-    uncached = InternVL(vl.model, vl.tokenizer, max_seq_len=1024, image_cache_bytes=0)
+    assert vl.engine.runner.prefix_cache.hits == 1  # and the first turn's keys/values
+    uncached = InternVL(vl.model, vl.tokenizer, max_seq_len=1024, image_cache_bytes=0, prefix_cache_bytes=0)
     assert uncached.chat("And its colour?", [img], params=params, history=[("<image>\nWhat is it?", first)]) == second
 
 

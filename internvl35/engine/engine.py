@@ -27,6 +27,8 @@ from internvl35.model.internvl import ImageFeatures, InternVLModel
 DEFAULT_MAX_SEQ_LEN = 4096  # per-slot context when not given (capped by the model's max positions)
 # Projected image features kept for reuse: ~256 tiles of a 1024-wide language model in fp32 (1 MiB a tile).
 DEFAULT_IMAGE_CACHE_BYTES = 256 << 20
+# Keys/values of finished requests kept for prompts that continue them (a chat's next turn).
+DEFAULT_PREFIX_CACHE_BYTES = 256 << 20
 
 
 class PromptTooLongError(ValueError):
@@ -55,11 +57,14 @@ class Engine:
     def __init__(self, model: InternVLModel, *, eos_token_ids: Seq[int], max_batch_size: int = 16,
                  max_seq_len: int | None = None, detokenize: Callable[[list[int]], str] | None = None,
                  device: torch.device | str | None = None, max_prefill_tokens: int = 4096,
-                 image_cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES) -> None:
+                 image_cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES,
+                 prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES) -> None:
         """max_seq_len: per-request context (prompt + new tokens); the cache holds max_batch_size of them.
         max_prefill_tokens: prompt tokens admitted per step (a single longer prompt is still admitted).
         image_cache_bytes: projected image features kept for later requests with the same pixels (a chat's
-        next turn, another question about the image), least recently used evicted first; 0 turns it off."""
+        next turn, another question about the image), least recently used evicted first; 0 turns it off.
+        prefix_cache_bytes: keys/values of finished requests kept for later prompts that start with the same
+        tokens and images (a chat's next turn prefills only its new part); 0 turns it off."""
         if max_batch_size < 1 or max_prefill_tokens < 1:
             raise ValueError(f"max_batch_size and max_prefill_tokens must be >= 1, got {max_batch_size}, {max_prefill_tokens}")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -70,7 +75,8 @@ class Engine:
             raise ValueError(f"max_seq_len={self.max_seq_len} must be in 2..{limit} (the model's max positions)")
         self.detokenize = detokenize
         self.scheduler = Scheduler(max_batch_size, max_prefill_tokens, StopChecker(eos_token_ids, detokenize))
-        self.runner = ModelRunner(self.model, max_batch_size, self.max_seq_len, self.device, image_cache_bytes)
+        self.runner = ModelRunner(self.model, max_batch_size, self.max_seq_len, self.device, image_cache_bytes,
+                                  prefix_cache_bytes)
         self._next_id = 0
 
     # ---- requests --------------------------------------------------------------------------------------
@@ -148,6 +154,7 @@ class Engine:
     def _run(self, seqs: list[Sequence], logits: Tensor) -> None:
         """Sample, record, finish, then re-densify the slots so the next forward sees rows 0..n-1."""
         self.scheduler.postprocess(seqs, self.runner.sample(seqs, logits))
+        self.runner.keep_prefixes([s for s in seqs if s.finished])  # while their slots still hold them
         self.runner.move(self.scheduler.compact())
 
     def _output(self, seq: Sequence) -> RequestOutput:

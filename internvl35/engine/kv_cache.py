@@ -31,6 +31,18 @@ class SlotKVCache:
         """A view for a T=1 step of rows 0..n-1 (n = len(positions)) attending to the first `length` positions."""
         return BatchedDecode(self.kv, positions, length)
 
+    def suffix(self, slot: int, start: int, length: int) -> SuffixPrefill:
+        """A view for one row of `length` new tokens at positions start.., after a prefix already in the slot."""
+        return SuffixPrefill(self.kv, slot, start, length)
+
+    def read(self, slot: int, length: int) -> Tensor:
+        """A copy of the slot's first `length` positions (layers, 2, Hkv, length, hd)."""
+        return self.kv[:, :, slot, :, :length].clone()
+
+    def write(self, slot: int, block: Tensor) -> None:
+        """Put a block from `read` back at the start of a slot."""
+        self.kv[:, :, slot, :, : block.shape[-2]] = block
+
     def move(self, src: int, dst: int, length: int) -> None:
         """Copy the first `length` positions of slot src into slot dst (all layers, keys and values)."""
         self.kv[:, :, dst, :, :length] = self.kv[:, :, src, :, :length]
@@ -61,3 +73,18 @@ class BatchedDecode:
         self.kv[layer, 0, self.rows, :, self.positions] = k[:, :, 0]  # (n, Hkv, hd)
         self.kv[layer, 1, self.rows, :, self.positions] = v[:, :, 0]
         return self.kv[layer, 0, :n, :, : self.length], self.kv[layer, 1, :n, :, : self.length]
+
+
+class SuffixPrefill:
+    """One row of new tokens at positions start..start+T-1 of a slot whose first `start` positions are filled:
+    writes their keys/values there and reads the slot's first start+T positions."""
+
+    def __init__(self, kv: Tensor, slot: int, start: int, length: int) -> None:
+        self.kv, self.slot, self.start, self.end = kv, slot, start, start + length
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        # k, v: (1, Hkv, T, hd)
+        self.kv[layer, 0, self.slot, :, self.start:self.end] = k[0]
+        self.kv[layer, 1, self.slot, :, self.start:self.end] = v[0]
+        row = slice(self.slot, self.slot + 1)
+        return self.kv[layer, 0, row, :, : self.end], self.kv[layer, 1, row, :, : self.end]

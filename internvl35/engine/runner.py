@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from internvl35.engine.image_cache import ImageFeatureCache
+from internvl35.engine.image_cache import ImageFeatureCache, pixels_digest
 from internvl35.engine.kv_cache import SlotKVCache
+from internvl35.engine.prefix_cache import PrefixCache
 from internvl35.engine.sampling import sample
 from internvl35.engine.sequence import Sequence
 from internvl35.model.attention import AttentionInput, segmented_input
@@ -21,9 +22,10 @@ from internvl35.model.linear import weights_version
 
 class ModelRunner:
     def __init__(self, model: InternVLModel, max_slots: int, max_seq_len: int, device: torch.device,
-                 image_cache_bytes: int = 0) -> None:
+                 image_cache_bytes: int = 0, prefix_cache_bytes: int = 0) -> None:
         self.model, self.device = model, device
         self.image_cache = ImageFeatureCache(image_cache_bytes) if image_cache_bytes else None
+        self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes else None
         t = model.config.text
         dtype = model.language_model.model.embed_tokens.weight.dtype
         self.cache = SlotKVCache(t.num_hidden_layers, max_slots, t.num_key_value_heads, max_seq_len, t.head_dim,
@@ -45,6 +47,8 @@ class ModelRunner:
         groups: dict[object, list[Sequence]] = {}  # requests with the same tiles share one encoding
         for i, seq in enumerate(todo):
             key = self.image_cache.key(seq.pixel_values, version) if version is not None else i
+            if self.prefix_cache is not None:
+                seq.image_digest = key[0] if version is not None else pixels_digest(seq.pixel_values)
             groups.setdefault(key, []).append(seq)
         cached = {key: self.image_cache.get(key) for key in groups} if version is not None else {}
         new = [key for key in groups if cached.get(key) is None]
@@ -66,8 +70,49 @@ class ModelRunner:
 
     @torch.inference_mode()
     def prefill(self, seqs: list[Sequence]) -> Tensor:
-        """Run the prompts of newly admitted sequences; return logits at each last prompt token (n, V)."""
+        """Run the prompts of newly admitted sequences; return logits at each last prompt token (n, V).
+
+        Prompts that start with a kept prefix (`prefix_cache`) get its keys/values copied into their slot and
+        run only the rest, one row each; the others run packed in one row."""
         self.encode_images(seqs)
+        reuse = self._prefix_hits(seqs)
+        packed = [s for s in seqs if s.id not in reuse]
+        logits = dict(zip((s.id for s in packed), self._prefill_packed(packed))) if packed else {}
+        for seq in seqs:
+            if seq.id in reuse:
+                logits[seq.id] = self._prefill_suffix(seq, *reuse[seq.id])
+        return torch.stack([logits[s.id] for s in seqs])
+
+    def _prefix_hits(self, seqs: list[Sequence]) -> dict[int, tuple[int, Tensor]]:
+        if self.prefix_cache is None:
+            return {}
+        version = weights_version(self.model.parameters())
+        if version is None:
+            return {}
+        hits = {}
+        for seq in filter(self._prefix_keyable, seqs):
+            hit = self.prefix_cache.match(seq.prompt_ids, seq.image_digest, version, self.model.config.image_token_id)
+            if hit is not None:
+                hits[seq.id] = hit
+        return hits
+
+    def _prefix_keyable(self, seq: Sequence) -> bool:
+        """Whether tokens + image digest say everything the prompt's keys/values depend on: not for image
+        features handed in ready-made (a vision server's), whose <IMG_CONTEXT> tokens could stand for anything."""
+        return seq.image_digest is not None or self.model.config.image_token_id not in seq.prompt_ids
+
+    def _prefill_suffix(self, seq: Sequence, start: int, block: Tensor) -> Tensor:
+        """The prompt past a reused prefix of `start` tokens, attending to it: logits at the last token (V,)."""
+        self.cache.write(seq.slot, block)
+        n = seq.num_prompt_tokens
+        positions = self.arange[start:n][None]  # (1, T)
+        mask = (self.arange[:n][None] <= positions[0][:, None])[None, None]  # (1, 1, T, n)
+        attn = AttentionInput(positions=positions, mask=mask, cache=self.cache.suffix(seq.slot, start, n - start))
+        ids = self._tensor(seq.prompt_ids[start:])[None]
+        out = self.model(ids, attn=attn, logits_at=self._tensor([n - start - 1])[None])
+        return out.logits[0, 0]
+
+    def _prefill_packed(self, seqs: list[Sequence]) -> Tensor:
         lens = [s.num_prompt_tokens for s in seqs]
         ids = self._tensor([t for s in seqs for t in s.prompt_ids])[None]  # (1, T)
         if len(seqs) == 1:
@@ -114,6 +159,23 @@ class ModelRunner:
         if image_id is not None:
             logits[:, image_id] = float("-inf")
         return sample(logits, [s.params for s in seqs], [s.generator for s in seqs])
+
+    def keep_prefixes(self, finished: list[Sequence]) -> None:
+        """Copy finished sequences' keys/values into the prefix cache (before their slots are reused)."""
+        if self.prefix_cache is None or not finished:
+            return
+        version = weights_version(self.model.parameters())
+        if version is None:
+            return
+        kv = self.cache.kv
+        per_token = kv[:, :, 0, :, 0].numel() * kv.element_size()
+        for seq in finished:
+            n = seq.num_tokens - 1  # the cache holds all but the newest token
+            if (seq.slot is None or seq.finish_reason == "abort" or not self._prefix_keyable(seq)
+                    or not self.prefix_cache.fits(n * per_token)):
+                continue
+            ids = (seq.prompt_ids + seq.output_ids)[:n]
+            self.prefix_cache.save(ids, seq.image_digest, version, self.cache.read(seq.slot, n))
 
     def move(self, moves: list[tuple[int, int, int]]) -> None:
         for src, dst, length in moves:

@@ -39,6 +39,7 @@ class Sequence:
     text: str | None = None  # the output cut before a stop string, when one matched
     safe: int = 0  # output tokens that can no longer be retracted by a stop string
     emitted: int = 0  # output tokens already reported to the caller
+    image_digest: bytes | None = None  # SHA-256 of the pixel tiles, when a cache needs it (kept past release_images)
 
     @property
     def num_prompt_tokens(self) -> int:
