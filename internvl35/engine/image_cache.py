@@ -14,11 +14,11 @@ with another user's image. Entries are evicted least recently used first, within
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 
 import torch
 from torch import Tensor
 
+from internvl35.engine.lru import WeightBoundLRU
 from internvl35.model.internvl import ImageFeatures
 
 CacheKey = tuple[bytes, str, tuple[int, ...], tuple]
@@ -30,40 +30,16 @@ def pixels_digest(pixels: Tensor) -> bytes:
     return hashlib.sha256(memoryview(data.numpy())).digest()
 
 
-class ImageFeatureCache:
+class ImageFeatureCache(WeightBoundLRU[ImageFeatures]):
     def __init__(self, max_bytes: int) -> None:
-        if max_bytes < 0:
-            raise ValueError(f"image cache size must be >= 0 bytes, got {max_bytes}")
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self.hits = self.misses = 0
-        self._entries: OrderedDict[CacheKey, ImageFeatures] = OrderedDict()
-        self._weights_version: tuple | None = None
-
-    def __len__(self) -> int:
-        return len(self._entries)
+        super().__init__(max_bytes, "image cache")
 
     def key(self, pixels: Tensor, weights_version: tuple) -> CacheKey:
-        if weights_version != self._weights_version:  # features of older weights can never be hit again
-            self._entries.clear()
-            self.bytes, self._weights_version = 0, weights_version
+        self.for_weights(weights_version)
         return pixels_digest(pixels), str(pixels.dtype), tuple(pixels.shape), weights_version
 
     def get(self, key: CacheKey) -> ImageFeatures | None:
-        features = self._entries.get(key)
-        if features is None:
-            self.misses += 1
-            return None
-        self._entries.move_to_end(key)
-        self.hits += 1
-        return features
+        return self.lookup(key)
 
     def put(self, key: CacheKey, features: ImageFeatures) -> None:
-        size = features.embeds.numel() * features.embeds.element_size()
-        if size > self.max_bytes or key in self._entries:
-            return
-        self._entries[key] = features
-        self.bytes += size
-        while self.bytes > self.max_bytes:
-            _, old = self._entries.popitem(last=False)
-            self.bytes -= old.embeds.numel() * old.embeds.element_size()
+        self.insert(key, features, features.embeds.numel() * features.embeds.element_size())

@@ -15,10 +15,11 @@ Entries are evicted least recently used first, within a byte budget.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from torch import Tensor
+
+from internvl35.engine.lru import WeightBoundLRU
 
 # Below this, running the prompt in the packed prefill costs about what the copy and a separate row would save.
 MIN_REUSE = 32
@@ -43,56 +44,30 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
-class PrefixCache:
+class PrefixCache(WeightBoundLRU[_Entry]):
     def __init__(self, max_bytes: int) -> None:
-        if max_bytes < 0:
-            raise ValueError(f"prefix cache size must be >= 0 bytes, got {max_bytes}")
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self.hits = self.misses = 0
-        self._entries: OrderedDict[int, _Entry] = OrderedDict()
+        super().__init__(max_bytes, "prefix cache")
         self._next = 0
-        self._weights_version: tuple | None = None
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def _check_version(self, weights_version: tuple) -> None:
-        if weights_version != self._weights_version:  # keys and values of older weights are never reused
-            self._entries.clear()
-            self.bytes, self._weights_version = 0, weights_version
-
-    def fits(self, nbytes: int) -> bool:
-        return nbytes <= self.max_bytes
 
     def save(self, ids: list[int], image_digest: bytes | None, weights_version: tuple, block: Tensor) -> None:
-        self._check_version(weights_version)
-        entry = _Entry(list(ids), image_digest, block)
-        if not self.fits(entry.nbytes) or len(ids) < MIN_REUSE:
-            return
-        self._entries[self._next] = entry
-        self._next += 1
-        self.bytes += entry.nbytes
-        while self.bytes > self.max_bytes:
-            _, old = self._entries.popitem(last=False)
-            self.bytes -= old.nbytes
+        self.for_weights(weights_version)
+        if len(ids) >= MIN_REUSE:
+            entry = _Entry(list(ids), image_digest, block)
+            self.insert(self._next, entry, entry.nbytes)
+            self._next += 1
 
     def match(self, ids: list[int], image_digest: bytes | None, weights_version: tuple,
               image_token_id: int | None) -> tuple[int, Tensor] | None:
         """(m, keys/values of positions 0..m-1) of the longest reusable prefix of `ids`, or None."""
-        self._check_version(weights_version)
+        self.for_weights(weights_version)
         # Every image token must lie in the reused part: the suffix is prefilled without image features.
         last_image = max((i for i, t in enumerate(ids) if t == image_token_id), default=-1)
         best, best_key = 0, None
-        for key, entry in self._entries.items():
+        for key, entry in self.items():
             if entry.image_digest != image_digest:
                 continue
             m = min(_common_prefix(entry.ids, ids), len(ids) - 1)
             if m > best and m > last_image and m >= MIN_REUSE:
                 best, best_key = m, key
-        if best_key is None:
-            self.misses += 1
-            return None
-        self._entries.move_to_end(best_key)
-        self.hits += 1
-        return best, self._entries[best_key].block[..., :best, :]
+        entry = self.lookup(best_key)  # a miss when nothing qualified
+        return None if entry is None else (best, entry.block[..., :best, :])
