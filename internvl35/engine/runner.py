@@ -1,7 +1,9 @@
 """Builds batched model inputs, runs the model and samples. Never touches a queue: it is handed sequences.
 
 Prefill packs the admitted prompts into one row (T = sum of prompt lengths), attends within each prompt,
-writes every token's keys/values into its slot, and computes logits only at each prompt's last token.
+writes every token's keys/values into its slot, and computes logits only at each prompt's last token. A
+prompt that continues a finished request (the prefix cache) has that request's keys/values copied into its
+slot and runs only the rest, as a row of its own. Images already seen come from the image cache.
 Decode runs every running sequence as one row of a (n, 1) batch over the dense cache prefix.
 """
 
