@@ -49,10 +49,14 @@ class PrefixCache(WeightBoundLRU[_Entry]):
         super().__init__(max_bytes, "prefix cache")
         self._next = 0
 
+    def wants(self, n_tokens: int, nbytes: int) -> bool:
+        """Whether a prefix of this length and size would be kept: asked before copying it out of the slot."""
+        return n_tokens >= MIN_REUSE and self.fits(nbytes)
+
     def save(self, ids: list[int], image_digest: bytes | None, weights_version: tuple, block: Tensor) -> None:
         self.for_weights(weights_version)
-        if len(ids) >= MIN_REUSE:
-            entry = _Entry(list(ids), image_digest, block)
+        entry = _Entry(list(ids), image_digest, block)
+        if self.wants(len(ids), entry.nbytes):
             self.insert(self._next, entry, entry.nbytes)
             self._next += 1
 

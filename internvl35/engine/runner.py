@@ -174,7 +174,7 @@ class ModelRunner:
         for seq in finished:
             n = seq.num_tokens - 1  # the cache holds all but the newest token
             if (seq.slot is None or seq.finish_reason == "abort" or not self._prefix_keyable(seq)
-                    or not self.prefix_cache.fits(n * per_token)):
+                    or not self.prefix_cache.wants(n, n * per_token)):
                 continue
             ids = (seq.prompt_ids + seq.output_ids)[:n]
             self.prefix_cache.save(ids, seq.image_digest, version, self.cache.read(seq.slot, n))
