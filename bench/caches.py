@@ -9,7 +9,10 @@ warm-up call each):
   keep the features and the keys/values);
 - hit: another question about an image seen before: the same 20 text tokens and 5 tiles, then 20 new ones (the
   image cache returns the features and the prefix cache the keys/values up to the image's end; with both off
-  the engine runs the ViT and the whole prompt).
+  the engine runs the ViT and the whole prompt);
+- group: 8 samples of one new 5-tile prompt (an RL group: temperature 1, a seed each), 16 tokens each, total
+  time. With the caches on, the tiles are hashed and the 8 requests share one ViT call and one prefill
+  (`Sequence.share_key`); with both off nothing is hashed, and each runs its own.
 
     python bench/caches.py [--repeats 7]
 
@@ -55,6 +58,12 @@ def main() -> None:
         engine.generate([Request(ids, SamplingParams(max_new_tokens=1), pixel_values=px)])
         return time.perf_counter() - start
 
+    def group(engine: Engine, ids: list[int], px: torch.Tensor) -> float:
+        start = time.perf_counter()
+        engine.generate([Request(ids, SamplingParams(max_new_tokens=16, temperature=1.0, seed=k), pixel_values=px)
+                         for k in range(8)])
+        return time.perf_counter() - start
+
     seen = pixels(5, seed=5)
     times: dict[tuple[str, str], list[float]] = {}
     for i in range(args.repeats + 1):  # call 0 warms up (and puts `seen` in the cache)
@@ -62,15 +71,16 @@ def main() -> None:
         for name, engine in order:
             new = pixels(5, seed=1000 + 2 * i + (name == "on"))
             question = head + prompt(20, 0, seed=5000 + 2 * i + (name == "on"))
-            for row, prompt_ids, px in (("miss", ids, new), ("hit", question, seen)):
-                elapsed = ttft(engine, prompt_ids, px)
+            for row, run, prompt_ids, px in (("miss", ttft, ids, new), ("hit", ttft, question, seen),
+                                              ("group", group, ids, pixels(5, seed=9000 + 2 * i + (name == "on")))):
+                elapsed = run(engine, prompt_ids, px)
                 if i:
                     times.setdefault((row, name), []).append(elapsed)
     med = {k: 1000 * statistics.median(v) for k, v in times.items()}
     print(f"5-tile prompt, fp32, {args.threads} threads, median of {args.repeats}")
-    print(f"{'time to first token (ms)':28s}{'caches on':>10s}{'caches off':>11s}{'off / on':>10s}")
-    for row in ("miss", "hit"):
-        print(f"{row:28s}{med[row, 'on']:10.1f}{med[row, 'off']:11.1f}{med[row, 'off'] / med[row, 'on']:9.3f}x")
+    print(f"{'time (ms)':28s}{'caches on':>10s}{'caches off':>11s}{'off / on':>10s}")
+    for row, what in (("miss", "first token, miss"), ("hit", "first token, hit"), ("group", "RL group, 8 x 16 tokens")):
+        print(f"{what:28s}{med[row, 'on']:10.1f}{med[row, 'off']:11.1f}{med[row, 'off'] / med[row, 'on']:9.3f}x")
     print(f"ratio: {med['hit', 'off'] / med['hit', 'on']:.2f}")
 
 

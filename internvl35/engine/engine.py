@@ -85,6 +85,8 @@ class Engine:
         self._validate(request)
         seq = Sequence(self._next_id, list(request.input_ids), request.params, request.image_features,
                        request.pixel_values, make_generator(request.params))
+        seq.image_digest = self.runner.image_digest(seq.pixel_values)
+        seq.share_key = self.runner.share_key(seq)
         self._next_id += 1
         self.scheduler.add(seq)
         return seq.id

@@ -34,9 +34,10 @@ class ImageFeatureCache(WeightBoundLRU[ImageFeatures]):
     def __init__(self, max_bytes: int) -> None:
         super().__init__(max_bytes, "image cache")
 
-    def key(self, pixels: Tensor, weights_version: tuple) -> CacheKey:
+    def key(self, pixels: Tensor, weights_version: tuple, digest: bytes | None = None) -> CacheKey:
+        """`digest`: the pixels' `pixels_digest` when already known (the engine hashes a request once, when added)."""
         self.for_weights(weights_version)
-        return pixels_digest(pixels), str(pixels.dtype), tuple(pixels.shape), weights_version
+        return digest or pixels_digest(pixels), str(pixels.dtype), tuple(pixels.shape), weights_version
 
     def get(self, key: CacheKey) -> ImageFeatures | None:
         return self.lookup(key)

@@ -3,7 +3,9 @@
 Prefill packs the admitted prompts into one row (T = sum of prompt lengths), attends within each prompt,
 writes every token's keys/values into its slot, and computes logits only at each prompt's last token. A
 prompt that continues a finished request (the prefix cache) has that request's keys/values copied into its
-slot and runs only the rest, as a row of its own. Images already seen come from the image cache.
+slot and runs only the rest, as a row of its own. Prompts admitted together that are the same (tokens and
+images: the samples of one RL group) run once, and the others copy its keys/values and logits. Images
+already seen come from the image cache.
 Decode runs every running sequence as one row of a (n, 1) batch over the dense cache prefix.
 """
 
@@ -48,9 +50,7 @@ class ModelRunner:
         version = self._encoder_version() if self.image_cache is not None else None
         groups: dict[object, list[Sequence]] = {}  # requests with the same tiles share one encoding
         for i, seq in enumerate(todo):
-            key = self.image_cache.key(seq.pixel_values, version) if version is not None else i
-            if self.prefix_cache is not None:
-                seq.image_digest = key[0] if version is not None else pixels_digest(seq.pixel_values)
+            key = self.image_cache.key(seq.pixel_values, version, seq.image_digest) if version is not None else i
             groups.setdefault(key, []).append(seq)
         cached = {key: self.image_cache.get(key) for key in groups} if version is not None else {}
         new = [key for key in groups if cached.get(key) is None]
@@ -65,6 +65,16 @@ class ModelRunner:
             for seq in group:
                 seq.image_features, seq.pixel_values = cached[key], None
 
+    def image_digest(self, pixels: Tensor | None) -> bytes | None:
+        """The digest of a request's tiles when a cache will look them up; None without pixels or caches."""
+        if pixels is None or (self.image_cache is None and self.prefix_cache is None):
+            return None
+        return pixels_digest(pixels)
+
+    def share_key(self, seq: Sequence) -> tuple | None:
+        """What the prompt's keys/values depend on, when tokens and image digest say it all (`_prefix_keyable`)."""
+        return (tuple(seq.prompt_ids), seq.image_digest) if self._prefix_keyable(seq) else None
+
     def _encoder_version(self) -> tuple | None:
         """The version of everything that turns pixels into features: the parameters outside the language model,
         listed afresh each time (a replaced module is a change too; ~100 parameters, microseconds)."""
@@ -77,12 +87,20 @@ class ModelRunner:
         Prompts that start with a kept prefix (`prefix_cache`) get its keys/values copied into their slot and
         run only the rest, one row each; the others run packed in one row."""
         self.encode_images(seqs)
-        reuse = self._prefix_hits(seqs)
-        packed = [s for s in seqs if s.id not in reuse]
+        leaders: dict[tuple, Sequence] = {}  # the first of each group of same prompts runs; the others copy it
+        copies = [(s, leaders.setdefault(s.share_key, s)) for s in seqs if s.share_key is not None]
+        copies = [(s, lead) for s, lead in copies if lead is not s]
+        copied = {s.id for s, _ in copies}
+        run = [s for s in seqs if s.id not in copied]
+        reuse = self._prefix_hits(run)
+        packed = [s for s in run if s.id not in reuse]
         logits = dict(zip((s.id for s in packed), self._prefill_packed(packed))) if packed else {}
-        for seq in seqs:
+        for seq in run:
             if seq.id in reuse:
                 logits[seq.id] = self._prefill_suffix(seq, *reuse[seq.id])
+        for seq, lead in copies:
+            self.cache.move(lead.slot, seq.slot, seq.num_prompt_tokens)
+            logits[seq.id] = logits[lead.id]
         return torch.stack([logits[s.id] for s in seqs])
 
     def _prefix_hits(self, seqs: list[Sequence]) -> dict[int, tuple[int, Tensor]]:

@@ -29,16 +29,22 @@ class Scheduler:
     def admit(self) -> list[Sequence]:
         """Move waiting sequences into free slots, first come first served, within the prefill token budget.
 
-        The first admitted sequence ignores the budget, so a long prompt cannot starve.
+        The first admitted sequence ignores the budget, so a long prompt cannot starve. A prompt the same as one
+        admitted in this step (`Sequence.share_key`: the samples of one RL group) costs nothing: it shares that
+        one's prefill.
         """
         admitted: list[Sequence] = []
         budget = self.max_prefill_tokens
+        shared: set[tuple] = set()
         while self.waiting and len(self.running) < self.max_slots:
             seq = self.waiting[0]
-            if admitted and seq.num_prompt_tokens > budget:
+            cost = 0 if seq.share_key is not None and seq.share_key in shared else seq.num_prompt_tokens
+            if admitted and cost > max(budget, 0):
                 break
             self.waiting.popleft()
-            budget -= seq.num_prompt_tokens
+            budget -= cost
+            if seq.share_key is not None:
+                shared.add(seq.share_key)
             seq.status, seq.slot = Status.RUNNING, len(self.running)
             self.running.append(seq)
             admitted.append(seq)

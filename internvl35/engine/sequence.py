@@ -40,6 +40,9 @@ class Sequence:
     safe: int = 0  # output tokens that can no longer be retracted by a stop string
     emitted: int = 0  # output tokens already reported to the caller
     image_digest: bytes | None = None  # SHA-256 of the pixel tiles, when a cache needs it (kept past release_images)
+    # Says everything the prompt's keys/values depend on (token ids, image digest), or None where it cannot (ready-made
+    # image features): requests admitted together with the same key share one prefill (`ModelRunner.share_key`).
+    share_key: tuple | None = None
 
     @property
     def num_prompt_tokens(self) -> int:

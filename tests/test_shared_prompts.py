@@ -1,0 +1,81 @@
+"""Requests admitted together with the same prompt (the samples of one RL group) share one prefill, and each
+samples exactly as it would alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from internvl35.engine import Engine, Request, SamplingParams
+from internvl35.model.internvl import ImageFeatures
+from tests.test_engine import GREEDY, _model, _pixels, _prompt
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model()
+
+
+def _group(model, tiles: int, n: int = 4) -> list[Request]:
+    """n samples of one prompt: the same tokens, equal pixels in separate tensors, a seed each."""
+    ids = _prompt(30, tiles * model.config.tokens_per_tile, seed=tiles)
+    return [Request(list(ids), SamplingParams(max_new_tokens=8, temperature=1.0, seed=i),
+                    pixel_values=_pixels(tiles, seed=5) if tiles else None) for i in range(n)]
+
+
+def _alone(model, request: Request) -> list[int]:
+    engine = Engine(model, eos_token_ids=[], image_cache_bytes=0, prefix_cache_bytes=0)
+    return engine.generate([request])[0].token_ids
+
+
+def _count_prefilled(engine: Engine) -> list[int]:
+    """Records the prompt lengths each packed prefill runs."""
+    runs: list[int] = []
+    packed = engine.runner._prefill_packed
+    engine.runner._prefill_packed = lambda seqs: runs.extend(s.num_prompt_tokens for s in seqs) or packed(seqs)
+    return runs
+
+
+@pytest.mark.parametrize("tiles", [0, 2])
+def test_samples_of_one_prompt_share_a_prefill_and_sample_as_if_alone(model, tiles):
+    group = _group(model, tiles)
+    engine = Engine(model, eos_token_ids=[])
+    runs = _count_prefilled(engine)
+    outs = engine.generate(group)
+    assert runs == [len(group[0].input_ids)]  # one prompt ran; three copied it
+    assert [o.token_ids for o in outs] == [_alone(model, r) for r in group]
+    assert len({tuple(o.token_ids) for o in outs}) > 1  # the seeds do differ
+
+
+def test_a_group_is_admitted_in_one_step_past_the_prefill_budget(model):
+    group = _group(model, 0)
+    n = len(group[0].input_ids)
+    other = Request(_prompt(30, seed=77), GREEDY)
+    engine = Engine(model, eos_token_ids=[], max_prefill_tokens=n + 5)
+    for r in [*group, other]:
+        engine.add_request(r)
+    assert len(engine.scheduler.admit()) == len(group)  # the copies cost nothing; the other prompt waits
+
+
+def test_same_tokens_with_other_images_or_ready_made_features_run_each(model):
+    tiles = 1
+    ids = _prompt(30, tiles * model.config.tokens_per_tile, seed=3)
+    feats = ImageFeatures(0.5 * torch.randn(model.config.tokens_per_tile, model.config.text.hidden_size),
+                          (model.config.tokens_per_tile,))
+    requests = [Request(list(ids), GREEDY, pixel_values=_pixels(1, seed=1)),
+                Request(list(ids), GREEDY, pixel_values=_pixels(1, seed=2)),
+                Request(list(ids), GREEDY, image_features=feats),
+                Request(list(ids), GREEDY, image_features=feats)]
+    engine = Engine(model, eos_token_ids=[])
+    runs = _count_prefilled(engine)
+    outs = engine.generate(requests)
+    assert runs == [len(ids)] * 4
+    assert [o.token_ids for o in outs] == [_alone(model, r) for r in requests]
+
+
+def test_without_caches_image_prompts_are_not_hashed_but_text_prompts_still_share(model):
+    engine = Engine(model, eos_token_ids=[], image_cache_bytes=0, prefix_cache_bytes=0)
+    runs = _count_prefilled(engine)
+    engine.generate(_group(model, 1, n=2) + _group(model, 0, n=2))
+    n_image, n_text = (len(_group(model, t, n=1)[0].input_ids) for t in (1, 0))
+    assert runs == [n_image, n_image, n_text]
