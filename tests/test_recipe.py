@@ -8,8 +8,9 @@ from dataclasses import replace
 from internvl35.api import InternVL
 from internvl35.config import TextConfig, VisionConfig
 from internvl35.train.data import TaskMix
-from internvl35.train.recipe import TINY, run_recipe
-from internvl35.train.vision_pretrain import AlignConfig, VisionPretrainConfig
+from internvl35.train.data import corpus
+from internvl35.train.recipe import TINY, build_tokenizer, run_recipe
+from internvl35.train.vision_pretrain import CHART_TOKENS, AlignConfig, VisionPretrainConfig
 
 
 def _toy_recipe():
@@ -102,3 +103,11 @@ def test_a_restarted_stage_reloads_its_saved_weights_and_refuses_foreign_ones(tm
     save_file({"mlp1.0.weight": torch.zeros(1)}, str(tmp_path / "vision_pretrain.safetensors"))
     with pytest.raises(ValueError, match="does not hold this stage's weights"):
         vision_stage(build_model(preset("tiny-test")), cfg, tmp_path, progress=False)
+
+
+def test_own_tokens_come_on_top_of_the_vocabulary_and_leave_the_bpe_as_it_was():
+    plain = build_tokenizer(replace(TINY, chart_tokens=False, tokenizer_samples=20))
+    own = build_tokenizer(replace(TINY, chart_tokens=True, tokenizer_samples=20))
+    assert own.vocab_size == plain.vocab_size + len(CHART_TOKENS)
+    text = " ".join(corpus(("chart", "digits", "document"), 10))
+    assert [plain.decode([t]) for t in plain.encode_text(text)] == [own.decode([t]) for t in own.encode_text(text)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -11,11 +13,11 @@ from internvl35.config import VisionConfig
 from internvl35.data.chat import IGNORE_INDEX
 from internvl35.model.vision import InternViT
 from internvl35.presets import preset
-from internvl35.tasks import digits
+from internvl35.tasks import chart, digits
 from internvl35.tasks.base import TEST_SEED_START
 from internvl35.train.sft import SFTConfig, make_optimizer
 from internvl35.train.vision_pretrain import (
-    LABEL_ID, VisionPretrainConfig, dense_batch, patch_labels, pretrain_vision,
+    LABEL_ID, LABELS, VisionPretrainConfig, dense_batch, patch_labels, pretrain_vision,
 )
 
 
@@ -25,6 +27,25 @@ def test_patch_labels_take_the_box_holding_each_patch_centre():
     expected = np.zeros((4, 4), dtype=np.int64)
     expected[0, 1:3] = LABEL_ID["digit 3"]
     np.testing.assert_array_equal(labels, expected)
+
+
+def test_a_box_between_cell_centres_labels_the_cell_holding_its_own_centre():
+    # Centres at 7, 21, 35, 49: the box [23, 33) holds none, and its own centre (28, 28) lies in cell (2, 2).
+    labels = patch_labels([((23, 23, 33, 33), "digit 3")], size=56, patch=14).reshape(4, 4)
+    expected = np.zeros((4, 4), dtype=np.int64)
+    expected[2, 2] = LABEL_ID["digit 3"]
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_each_chart_bar_name_labels_bottom_row_tokens_with_the_name_and_the_bars_value():
+    for seed in range(40):
+        sample = chart.generate(seed, kind="read")
+        grid = patch_labels(sample.layout, 224, 28).reshape(8, 8)
+        assert not grid[:7].any()  # only the printed names, in the bottom row of 28-px tokens
+        marked = [LABELS[i] for i in grid[7] if i]
+        assert list(dict.fromkeys(marked)) == [name for _, name in sample.layout]  # each bar, left to right
+        asked = re.search(r"the (\w+) bar", sample.question).group(1)  # "What is the value of the kiwi bar?"
+        assert chart.dense_label(asked, int(sample.answer)) in marked
 
 
 def test_digit_sheets_label_their_glyphs_and_keep_the_test_scans_apart(monkeypatch):
@@ -63,8 +84,8 @@ def test_pretraining_lowers_the_token_loss():
 
 
 def test_unknown_scene_family_is_named():
-    with pytest.raises(ValueError, match="chart"):
-        VisionPretrainConfig(families=("chart",))
+    with pytest.raises(ValueError, match="document"):
+        VisionPretrainConfig(families=("chart", "document"))
 
 
 def test_lr_scale_gives_a_part_its_own_learning_rate():
@@ -213,7 +234,7 @@ def test_shape_tokens_name_whole_shapes_and_only_then_are_shapes_written_or_anch
     old = ChatTokenizer.from_dir("internvl35/assets/internvl35-tiny")  # trained before SHAPE_TOKENS existed
     new = train_tokenizer(corpus(("digits", "shapes"), 20), 700, extra_special=SHAPE_TOKENS)
     assert not exact_labels(old)[LABEL_ID["red circle"]] and exact_labels(old)[LABEL_ID["digit 7"]]
-    assert bool(exact_labels(new).all())
+    assert bool(exact_labels(new)[: LABEL_ID["digit 9"] + 1 + len(SHAPE_TOKENS)].all())
     assert new.decode([int(label_words(new)[LABEL_ID["red circle"]])], skip_special_tokens=False) == "<|red circle|>"
     # They are special: typed by a user they stay plain text, and decoding hides them.
     assert not set(new.encode_text("<|red circle|>")) & set(new.added_token_ids.values())
@@ -237,14 +258,14 @@ def test_alignment_puts_a_shape_token_at_the_mean_of_its_colour_and_shape_words(
     from internvl35.data.tokenizer import train_tokenizer
     from internvl35.train.data import corpus
     from internvl35.train.vision_pretrain import (
-        SHAPE_TOKENS, AlignConfig, align_projector, dense_batch, label_parts, label_words, projected_tokens,
+        SHAPE_TOKENS, AlignConfig, align_projector, dense_batch, label_mixture, label_words, projected_tokens,
     )
 
     tok = train_tokenizer(corpus(("digits", "shapes"), 20), 700, extra_special=SHAPE_TOKENS)
-    parts = label_parts(tok)
+    mixture = label_mixture(tok)
     red_circle, seven = LABEL_ID["red circle"], LABEL_ID["digit 7"]
-    assert parts[red_circle].tolist() == [tok.encode_text("red")[0], tok.encode_text(" circle")[0]]
-    assert parts[seven].tolist() == [int(label_words(tok)[seven])] * 2
+    assert _weights(mixture[red_circle]) == {tok.encode_text("red")[0]: 0.5, tok.encode_text(" circle")[0]: 0.5}
+    assert _weights(mixture[seven]) == {int(label_words(tok)[seven]): 1.0}
     cfg = preset("tiny-test")
     cfg = replace(cfg, text=replace(cfg.text, vocab_size=tok.vocab_size, tie_word_embeddings=True),
                   vision=replace(cfg.vision, image_size=112, patch_size=14))
@@ -253,7 +274,7 @@ def test_alignment_puts_a_shape_token_at_the_mean_of_its_colour_and_shape_words(
     align_projector(model, tok, AlignConfig(steps=20, batch_size=4, families=("shapes",), progress=False,
                                             anchor_weight=1.0))
     E = model.language_model.output_weight.detach()
-    torch.testing.assert_close(E[tok.added_token_ids["<|red circle|>"]], E[parts[red_circle]].mean(0))
+    torch.testing.assert_close(E[tok.added_token_ids["<|red circle|>"]], mixture[red_circle] @ E)
     # The shape scenes' tokens are held there too: closer to their targets than to any other label's.
     pixels, labels = dense_batch(list(range(TEST_SEED_START, TEST_SEED_START + 8)), ("shapes",), 112, 28)
     with torch.no_grad():
@@ -262,3 +283,39 @@ def test_alignment_puts_a_shape_token_at_the_mean_of_its_colour_and_shape_words(
     targets = E[label_words(tok)]
     own = (x[shape] - targets[labels[shape]]).norm(dim=-1)
     assert float(own.mean()) < float((x[shape][:, None] - targets[None]).norm(dim=-1).mean())
+
+
+def _weights(row: torch.Tensor) -> dict[int, float]:
+    return {int(i): round(float(row[i]), 6) for i in row.nonzero().flatten()}
+
+
+def test_chart_tokens_carry_a_bar_name_and_its_value_and_write_charts_as_words():
+    from dataclasses import replace
+
+    from internvl35.data.tokenizer import ChatTokenizer, train_tokenizer
+    from internvl35.train.data import TaskMix, TaskSource, corpus
+    from internvl35.train.vision_pretrain import CHART_TOKENS, exact_labels, label_mixture, own_labels
+
+    old = ChatTokenizer.from_dir("internvl35/assets/internvl35-tiny")  # trained before CHART_TOKENS existed
+    new = train_tokenizer(corpus(("chart",), 20), 600 + len(CHART_TOKENS), extra_special=CHART_TOKENS)
+    kiwi7, kiwi10 = LABEL_ID["chart kiwi 7"], LABEL_ID["chart kiwi 10"]
+    assert not exact_labels(old)[kiwi7] and not own_labels(old)[kiwi7]
+    assert exact_labels(new)[kiwi7] and own_labels(new)[kiwi7] and not own_labels(new)[LABEL_ID["digit 7"]]
+    # Half the name as questions write it (" kiwi", each of its tokens alike), half the value ("10": "1" and "0").
+    for label, value in ((kiwi7, "7"), (kiwi10, "10")):
+        expected: dict[int, float] = {}
+        for word in (new.encode_text(" kiwi"), new.encode_text(value)):
+            for t in word:
+                expected[t] = round(expected.get(t, 0.0) + 0.5 / len(word), 6)
+        assert _weights(label_mixture(new)[label]) == expected
+    assert not set(new.encode_text("<|chart kiwi 7|>")) & set(new.added_token_ids.values())  # never from user text
+    mix = TaskMix(families=("chart",), symbolic_ratio=1.0)
+    for tok in (old, new):
+        cfg = replace(preset("tiny-test"), image_token_id=tok.img_context_id)
+        cfg = replace(cfg, vision=replace(cfg.vision, image_size=224, patch_size=14))
+        sample, ex = TaskSource(tok, cfg, mix).pick(0)[0], TaskSource(tok, cfg, mix)(0)
+        if tok is old:  # the value word alone would lose the name: the chart stays pixels
+            assert ex.pixel_values is not None
+            continue
+        written = {new.decode([t], skip_special_tokens=False) for t in ex.input_ids} & set(CHART_TOKENS)
+        assert ex.pixel_values is None and written == {f"<|{name}|>" for _, name in sample.layout}

@@ -11,11 +11,22 @@ NAME = "chart"
 KINDS = ("read", "compare", "compute")
 LABELS = ("tea", "jam", "oat", "fig", "egg", "pie", "nut", "ham",
           "rye", "cod", "bun", "yam", "pea", "kiwi", "lime", "plum")  # fmt: skip
+VMAX = 10  # the value axis's default top: values are 1..VMAX
 BAR_COLOURS = ((52, 101, 164), (204, 0, 0), (78, 154, 6), (245, 121, 0), (117, 80, 123))
 
 
-def _draw(labels: list[str], values: list[int], size: int, vmax: int, show: bool) -> Image.Image:
-    """Axis on the left, bars left to right, labels under the bars.
+Box = tuple[int, int, int, int]
+
+
+def dense_label(label: str, value: int) -> str:
+    """The dense label of a bar's printed name, which carries the bar's value: "chart kiwi 7"."""
+    return f"chart {label} {value}"
+
+
+def _draw(labels: list[str], values: list[int], size: int, vmax: int, show: bool) -> tuple[Image.Image, list[tuple[Box, str]]]:
+    """Axis on the left, bars left to right, labels under the bars; returns the image and its layout: each bar's
+    printed name, labelled with that name and the bar's value (`dense_label`), so that an image token there can
+    be taught to know both (the one place a question's word meets the bar it asks about).
 
     1. margins (at 224 px): left 26 for tick labels, bottom 24 for bar labels, top 16 for
        printed values; the plot is then 190 x 184 px;
@@ -37,14 +48,17 @@ def _draw(labels: list[str], values: list[int], size: int, vmax: int, show: bool
     d.line([(left, top), (left, bottom)], fill=(0, 0, 0), width=2)
     d.line([(left, bottom), (right, bottom)], fill=(0, 0, 0), width=2)
     slot = (right - left) / len(values)
+    layout = []
     for i, (lab, v) in enumerate(zip(labels, values)):
         cx = left + (i + 0.5) * slot
         y = round(bottom - v * unit)
         d.rectangle([round(cx - 0.3 * slot), y, round(cx + 0.3 * slot), bottom - 1], fill=BAR_COLOURS[i])
         d.text((cx, bottom + 3 * s), lab, fill=(0, 0, 0), font=label_font, anchor="mt")
+        x0, y0, x1, y1 = d.textbbox((cx, bottom + 3 * s), lab, font=label_font, anchor="mt")
+        layout.append(((round(x0), round(y0), round(x1), round(y1)), dense_label(lab, v)))
         if show:
             d.text((cx, y - 2 * s), str(v), fill=(0, 0, 0), font=small, anchor="mb")
-    return img
+    return img, layout
 
 
 def _question(rng: np.random.Generator, kind: str, labels: list[str], values: list[int]):
@@ -77,7 +91,7 @@ def _question(rng: np.random.Generator, kind: str, labels: list[str], values: li
 
 
 def generate(
-    seed: int, kind: str | None = None, size: int = 224, vmax: int = 10, show_values: bool | None = None
+    seed: int, kind: str | None = None, size: int = 224, vmax: int = VMAX, show_values: bool | None = None
 ) -> Sample:
     """show_values None: print the values on the bars in half the samples."""
     rng = rng_for(NAME, seed)
@@ -88,7 +102,14 @@ def generate(
     values = [int(v) + 1 for v in rng.choice(vmax, size=n, replace=False)]
     show = bool(rng.integers(2)) if show_values is None else show_values
     q, ans, why, target = _question(rng, kind, labels, values)
-    return Sample(NAME, kind, [_draw(labels, values, size, vmax, show)], q, ans, why, target)
+    image, layout = _draw(labels, values, size, vmax, show)
+    return Sample(NAME, kind, [image], q, ans, why, target, layout)
+
+
+def dense(seed: int, size: int = 224) -> tuple[Image.Image, list[tuple[Box, str]]]:
+    """A chart and its layout (`_draw`), for vision pretraining."""
+    sample = generate(seed, size=size)
+    return sample.images[0], sample.layout
 
 
 FAMILY = Family(NAME, KINDS, generate)

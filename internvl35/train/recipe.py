@@ -44,7 +44,7 @@ from internvl35.train.data import TaskMix, TaskSource, corpus
 from internvl35.train.sft import SFTConfig, SFTTrainer
 from internvl35.train.state import latest_checkpoint
 from internvl35.train.vision_pretrain import (
-    SHAPE_TOKENS, AlignConfig, VisionPretrainConfig, align_projector, pretrain_vision,
+    CHART_TOKENS, SHAPE_TOKENS, AlignConfig, VisionPretrainConfig, align_projector, pretrain_vision,
 )
 
 
@@ -63,13 +63,19 @@ class Recipe:
     warmup: tuple[TaskMix, dict] | None = None
     bridge: tuple[TaskMix, dict] | None = None
     focus: tuple[TaskMix, dict] | None = None
-    vocab_size: int = 1024
+    vocab_size: int = 1024  # the BPE's own tokens and the chat's special ones, not counting the own tokens below
     max_dynamic_patch: int = 6
     tokenizer_samples: int = 400  # per family
     export_dtype: torch.dtype = torch.bfloat16  # halves the shipped file; loading upcasts on CPU
     # Give the tokenizer one token per colour + shape (`vision_pretrain.SHAPE_TOKENS`): shape scenes can then be
     # written as words and anchored like digits (docs/results.md, E39-E40; not yet worth its cost in TINY).
     shape_tokens: bool = False
+    # Give the tokenizer one token per chart bar name + value (`vision_pretrain.CHART_TOKENS`, 160): a chart's
+    # printed bar names can then be written as words that carry their bar's value, and anchored.
+    chart_tokens: bool = False
+
+    def own_tokens(self) -> tuple[str, ...]:
+        return (*(SHAPE_TOKENS if self.shape_tokens else ()), *(CHART_TOKENS if self.chart_tokens else ()))
 
 
 # Reading is trained on lines of 2-8 digits (the task's lines, and every test line, hold 2-4): past the second
@@ -126,7 +132,8 @@ def build_tokenizer(recipe: Recipe) -> ChatTokenizer:
     texts = corpus(recipe.mix.families, recipe.tokenizer_samples)
     # The system prompts open every sample: frequent enough that BPE merges them into few tokens.
     texts += [DEFAULT_SYSTEM_PROMPT, THINKING_SYSTEM_PROMPT] * 1000 + ["system", "user", "assistant"] * 1000
-    return train_tokenizer(texts, recipe.vocab_size, extra_special=SHAPE_TOKENS if recipe.shape_tokens else ())
+    own = recipe.own_tokens()  # on top of vocab_size, so that they leave the BPE's merges as they were
+    return train_tokenizer(texts, recipe.vocab_size + len(own), extra_special=own)
 
 
 def model_config(recipe: Recipe, tokenizer: ChatTokenizer) -> InternVLConfig:

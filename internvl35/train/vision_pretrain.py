@@ -35,16 +35,25 @@ from internvl35.data.tokenizer import ChatTokenizer
 from internvl35.model.internvl import InternVLModel
 from internvl35.model.projector import pixel_shuffle
 from internvl35.model.vision import InternViT
-from internvl35.tasks import digits, shapes
+from internvl35.tasks import chart, digits, shapes
 from internvl35.tasks.base import TEST_SEED_START
 from internvl35.train.loss import anchor_loss, class_balanced_weights
 
 Box = tuple[int, int, int, int]
 DenseScene = Callable[[int, int], tuple[Image.Image, list[tuple[Box, str]]]]  # (seed, size) -> image, labelled boxes
-SCENES: dict[str, DenseScene] = {"digits": digits.dense, "shapes": shapes.dense}
-LABELS = ("background", *(f"digit {d}" for d in range(10)),
-          *(f"{c} {s}" for c in shapes.COLOURS for s in shapes.SHAPES))
+SCENES: dict[str, DenseScene] = {"digits": digits.dense, "shapes": shapes.dense, "chart": chart.dense}
+FAMILY_INDEX = {name: i for i, name in enumerate(SCENES)}
+SHAPE_LABELS = tuple(f"{c} {s}" for c in shapes.COLOURS for s in shapes.SHAPES)
+# A chart's printed bar name with the bar's value: the name is where a question's word meets its bar.
+CHART_LABELS = tuple(chart.dense_label(name, v) for name in chart.LABELS for v in range(1, chart.VMAX + 1))
+LABELS = ("background", *(f"digit {d}" for d in range(10)), *SHAPE_LABELS, *CHART_LABELS)
 LABEL_ID = {name: i for i, name in enumerate(LABELS)}
+
+
+def labels_in_use(families: tuple[str, ...]) -> int:
+    """How many leading LABELS the scenes of `families` can carry: the chart labels, last, only with charts. Heads
+    and readouts score only these, so a run without charts trains exactly as before they existed."""
+    return len(LABELS) if "chart" in families else LABEL_ID[CHART_LABELS[0]]
 
 
 @dataclass
@@ -65,13 +74,19 @@ class VisionPretrainConfig:
 
 
 def patch_labels(boxes: list[tuple[Box, str]], size: int, patch: int) -> np.ndarray:
-    """(g*g,) label ids, row-major: a cell of `patch` px takes the label of the box containing its centre."""
+    """(g*g,) label ids, row-major: a cell of `patch` px takes the label of the box containing its centre.
+
+    A box too small to contain any cell's centre (a chart's printed bar name) labels the cell containing its own
+    centre instead, so that every labelled thing reaches at least one token.
+    """
     g = size // patch
     centres = (np.arange(g) + 0.5) * patch
     out = np.zeros((g, g), dtype=np.int64)
     for (x0, y0, x1, y1), name in boxes:
         rows = (centres >= y0) & (centres < y1)
         cols = (centres >= x0) & (centres < x1)
+        if not rows.any() or not cols.any():
+            rows, cols = [min(g - 1, int((y0 + y1) / 2 // patch))], [min(g - 1, int((x0 + x1) / 2 // patch))]
         out[np.ix_(rows, cols)] = LABEL_ID[name]
     return out.reshape(-1)
 
@@ -127,13 +142,19 @@ def _train_dense(cfg: VisionPretrainConfig, params: list[Tensor], token_loss: To
 @torch.no_grad()
 def evaluate_dense(token_logits: TokenLogits, families: tuple[str, ...], image_size: int, cell: int,
                    n: int = 64) -> dict:
-    """Token accuracy on held-out scenes: over all tokens, and over the covered (non-background) ones."""
+    """Token accuracy on held-out scenes: over all tokens, over the covered (non-background) ones, and over those
+    of each family."""
     seeds = list(range(TEST_SEED_START, TEST_SEED_START + n))
     pixels, labels = dense_batch(seeds, families, image_size, cell)
     pred = token_logits(pixels).argmax(-1)
-    covered = labels > 0
-    return {"token_accuracy": float((pred == labels).float().mean()),
-            "object_token_accuracy": float((pred[covered] == labels[covered]).float().mean())}
+    right, covered = pred == labels, labels > 0
+    out = {"token_accuracy": float(right.float().mean()),
+           "object_token_accuracy": float(right[covered].float().mean())}
+    family_of = torch.tensor([FAMILY_INDEX[families[s % len(families)]] for s in seeds])
+    for name in dict.fromkeys(families):
+        mine = covered & (family_of == FAMILY_INDEX[name])[:, None]
+        out[f"object_token_accuracy/{name}"] = float(right[mine].float().mean())
+    return out
 
 
 def pretrain_vision(vit: InternViT, cfg: VisionPretrainConfig, downsample_ratio: float = 0.5) -> dict:
@@ -141,7 +162,7 @@ def pretrain_vision(vit: InternViT, cfg: VisionPretrainConfig, downsample_ratio:
 
     downsample_ratio: the model's pixel shuffle, so the head labels exactly the tokens the LLM gets.
     """
-    head = nn.Linear(_token_dim(vit, downsample_ratio), len(LABELS))
+    head = nn.Linear(_token_dim(vit, downsample_ratio), labels_in_use(cfg.families))
 
     def token_logits(pixels: Tensor) -> Tensor:
         return head(pixel_shuffle(vit(pixels), downsample_ratio))
@@ -187,15 +208,17 @@ class AlignConfig(VisionPretrainConfig):
     logit_scale: float = 1.0
 
 
-def shape_token(name: str) -> str:
-    """The added token naming a whole shape label: "<|red circle|>" for "red circle"."""
+def own_token(name: str) -> str:
+    """The added token naming a whole label: "<|red circle|>" for "red circle", "<|chart kiwi 7|>"."""
     return f"<|{name}|>"
 
 
-# A model's own words for shapes, one added token per colour + shape: one token then names both, where the
-# colour word alone would erase the shape. Tokenizers trained with them (`train_tokenizer(..., extra_special=
-# SHAPE_TOKENS)`) read shape tokens as these; others fall back to the colour word.
-SHAPE_TOKENS = tuple(shape_token(name) for name in LABELS[LABEL_ID["digit 9"] + 1:])
+# A model's own words for labels that no one word names, one added token each. A colour + shape: one token then
+# names both, where the colour word alone would erase the shape. A chart's bar name + value: the token is found by
+# the name and answers with the value. Tokenizers trained with them (`train_tokenizer(..., extra_special=...)`)
+# read such image tokens as these; others fall back to one word of the label, which is then not anchored.
+SHAPE_TOKENS = tuple(own_token(name) for name in SHAPE_LABELS)
+CHART_TOKENS = tuple(own_token(name) for name in CHART_LABELS)
 
 
 def _label_word(tokenizer: ChatTokenizer, name: str) -> tuple[int, bool]:
@@ -205,33 +228,51 @@ def _label_word(tokenizer: ChatTokenizer, name: str) -> tuple[int, bool]:
     if name.startswith("digit"):
         return tokenizer.encode_text(name.split()[-1])[0], True
     added = tokenizer.added_token_ids
-    if shape_token(name) in added:
-        return added[shape_token(name)], True
-    return tokenizer.encode_text(name.split()[0])[0], False
+    if own_token(name) in added:
+        return added[own_token(name)], True
+    if name.startswith("chart"):  # its value's first token
+        return tokenizer.encode_text(name.split()[-1])[0], False
+    return tokenizer.encode_text(name.split()[0])[0], False  # a shape's colour
 
 
-def label_parts(tokenizer: ChatTokenizer) -> Tensor:
-    """(len(LABELS), 2) word ids whose embeddings' mean is where stage 0b puts the label's image tokens.
+def _label_parts(tokenizer: ChatTokenizer, name: str) -> list[list[int]]:
+    """The words whose embeddings, each the mean of its tokens, average to where label `name`'s tokens go."""
+    word, exact = _label_word(tokenizer, name)
+    if not exact or name == "background" or name.startswith("digit"):
+        return [[word]]
+    if name.startswith("chart"):  # the name as questions write it (" kiwi"), then the value ("7", "1" "0")
+        _, bar, value = name.split()
+        return [tokenizer.encode_text(" " + bar), tokenizer.encode_text(value)]
+    colour, shape = name.split()  # the answer's first token ("purple") and the shape as questions name it
+    return [tokenizer.encode_text(colour)[:1], tokenizer.encode_text(" " + shape)[:1]]
 
-    A digit or the background: its word twice. A shape, when the tokenizer has SHAPE_TOKENS: its colour (the
-    first token of the answer "purple") and its shape as questions name it (" circle"), so that the token is
-    found by the shape's word and answers with the colour's; 0b then writes this mean as the shape token's
-    embedding. Without SHAPE_TOKENS: the colour word twice (its old word, not anchored).
+
+def label_mixture(tokenizer: ChatTokenizer) -> Tensor:
+    """(len(LABELS), vocab) weights, rows summing to 1: row @ embeddings is where stage 0b puts the label's tokens.
+
+    A digit or the background: its word. A label with its own token (`own_token`), the mean of its parts: a shape's
+    colour and shape words, so the token is found by the shape and answers with the colour; a chart bar's name
+    (the mean of its tokens) and value, so it is found by the name and answers with the value. 0b writes that mean
+    as the own token's embedding. Without own tokens: the one word the label falls back to (not anchored).
     """
-    rows = []
-    for name in LABELS:
-        word, exact = _label_word(tokenizer, name)
-        if exact and LABEL_ID[name] > LABEL_ID["digit 9"]:  # a shape with its own token
-            colour, shape = name.split()
-            rows.append([tokenizer.encode_text(colour)[0], tokenizer.encode_text(" " + shape)[0]])
-        else:  # a digit, the background, or a shape read as its colour word
-            rows.append([word, word])
-    return torch.tensor(rows)
+    mix = torch.zeros(len(LABELS), tokenizer.vocab_size)
+    for i, name in enumerate(LABELS):
+        parts = _label_parts(tokenizer, name)
+        for ids in parts:
+            for t in ids:  # one at a time: a word may repeat a token
+                mix[i, t] += 1 / (len(parts) * len(ids))
+    return mix
+
+
+def own_labels(tokenizer: ChatTokenizer) -> Tensor:
+    """(len(LABELS),) bool: labels read as one of the model's own added tokens, whose embedding 0b writes."""
+    added = tokenizer.added_token_ids
+    return torch.tensor([own_token(name) in added for name in LABELS])
 
 
 def label_words(tokenizer: ChatTokenizer) -> Tensor:
-    """The word token each label reads as: "7" for "digit 7", "." for background, and "<|red circle|>" for
-    "red circle" (or, with a tokenizer without SHAPE_TOKENS, "red")."""
+    """The word token each label reads as: "7" for "digit 7", "." for background, "<|red circle|>" for "red circle"
+    and "<|chart kiwi 7|>" for "chart kiwi 7" (or, with a tokenizer without own tokens, "red" and "7")."""
     return torch.tensor([_label_word(tokenizer, name)[0] for name in LABELS])
 
 
@@ -274,13 +315,15 @@ def align_projector(model: InternVLModel, tokenizer: ChatTokenizer, cfg: AlignCo
     if lm.lm_head is not None:
         raise ValueError("projector alignment needs tied word embeddings (tie_word_embeddings=True)")
     vit = model.vision_model
-    words, exact, parts = label_words(tokenizer), exact_labels(tokenizer), label_parts(tokenizer)
+    words, exact, mixture, own = label_words(tokenizer), exact_labels(tokenizer), label_mixture(tokenizer), \
+        own_labels(tokenizer)
+    used = labels_in_use(cfg.families)
     tokens = projected_tokens(model)
 
     def targets() -> Tensor:
-        """(len(LABELS), D): each label's target, the mean of its parts' embeddings (a word's own embedding for
+        """(labels in use, D): each label's target, the mean of its parts' embeddings (a word's own embedding for
         digits and the background)."""
-        return lm.output_weight[parts].mean(1)
+        return mixture[:used] @ lm.output_weight
 
     def token_loss(pixels: Tensor, labels: Tensor) -> Tensor:
         x, table = tokens(pixels), targets()
@@ -296,8 +339,7 @@ def align_projector(model: InternVLModel, tokenizer: ChatTokenizer, cfg: AlignCo
     vit.eval()
     loss = _train_dense(cfg, [*model.mlp1.parameters(), lm.output_weight], token_loss, size, cell,
                         "projector alignment")
-    with torch.no_grad():  # a shape token's embedding becomes the mean its image tokens were held at
-        shaped = exact & (parts[:, 0] != parts[:, 1])
-        lm.output_weight[words[shaped]] = targets()[shaped]
+    with torch.no_grad():  # an own token's embedding becomes the mean its image tokens were held at
+        lm.output_weight[words[own]] = mixture[own] @ lm.output_weight
     return {"loss": loss, "seconds": time.perf_counter() - t0,
-            **evaluate_dense(aligned_token_logits(model, words), cfg.families, size, cell)}
+            **evaluate_dense(aligned_token_logits(model, words[:used]), cfg.families, size, cell)}
