@@ -11,12 +11,15 @@ theirs alternate, so both see the same machine load):
   prefix caches) and prefills the new part; transformers runs the whole prompt, image included, again;
 - decode tokens/s at batch 1: 128 greedy tokens after the 1-tile prompt (~300 tokens), eos ignored,
   rate = 127 / (t(128 tokens) - t(first token));
+- an RL group: 8 sampled answers (temperature 1, 16 tokens each) to one 5-tile prompt, total tokens/s: ours
+  admits the 8 together and runs the ViT and the prefill once (requests with the same prompt and images share
+  them); transformers' `generate(num_return_sequences=8)` expands the inputs and runs them 8 times;
 - total tokens/s for 8 concurrent requests (mixed prompt lengths, two with an image, 64-128 new tokens
   each): ours via continuous batching; transformers via ONE left-padded batched generate call (its best
   case), which runs every row to the longest budget; both are credited the requested tokens only.
 
 Every other row gives each call new pixels (and the 8 requests new tokens), so that ours finds nothing in its
-image and prefix caches.
+image and prefix caches from an earlier call.
 
     python bench/generate.py                                   # CPU, fp32, 2 threads
     python bench/generate.py --device cuda --dtype bfloat16    # the same table on a GPU
@@ -93,9 +96,10 @@ class Bench:
         self.engine = Engine(self.ours, eos_token_ids=[], max_batch_size=8, max_seq_len=2048)
         self.rounds = {"ours": itertools.count(), "theirs": itertools.count()}
 
-    def fresh(self, tiles: int) -> Callable[[], torch.Tensor]:
-        """A source of new pixels for each call, drawn ahead so that drawing them is not timed."""
-        pool = iter([pixels(tiles, seed=1000 + i) for i in range(self.repeats + 1)])
+    def fresh(self, tiles: int, first_seed: int = 1000) -> Callable[[], torch.Tensor]:
+        """A source of new pixels for each call, drawn ahead so that drawing them is not timed; rows that share a
+        prompt take different `first_seed`s, so that no row finds another's images."""
+        pool = iter([pixels(tiles, seed=first_seed + i) for i in range(self.repeats + 1)])
         return lambda: next(pool)
 
     def sync(self) -> None:
@@ -129,6 +133,21 @@ class Bench:
         out = self.theirs.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=new, do_sample=False, **kw)
         assert out.shape[1] == len(ids) + new, "transformers stopped early"
         return out[0, len(ids):].tolist()
+
+    # ---- an RL group: eight samples of one prompt -------------------------------------------------------
+
+    def ours_group(self, ids: list[int], px: torch.Tensor, new: int) -> None:
+        reqs = [Request(ids, SamplingParams(max_new_tokens=new, temperature=1.0, seed=k), pixel_values=px)
+                for k in range(8)]
+        assert [len(o.token_ids) for o in self.engine.generate(reqs)] == [new] * 8
+
+    @torch.inference_mode()
+    def theirs_group(self, ids: list[int], px: torch.Tensor, new: int) -> None:
+        x = torch.tensor([ids], device=self.device)
+        out = self.theirs.generate(x, attention_mask=torch.ones_like(x), pixel_values=px.to(self.device, self.dtype),
+                                   do_sample=True, temperature=1.0, top_k=0, num_return_sequences=8,
+                                   max_new_tokens=new, min_new_tokens=new)
+        assert out.shape == (8, len(ids) + new)
 
     # ---- eight concurrent requests -----------------------------------------------------------------------
 
@@ -188,6 +207,9 @@ def run(args: argparse.Namespace) -> None:
     ours_px, theirs_px = b.fresh(1), b.fresh(1)
     o, t = b.timed(lambda: b.ours_one(p1, ours_px(), 128), lambda: b.theirs_one(p1, theirs_px(), 128))
     rows.append(("decode tok/s, batch 1", 127 / (o - o1), 127 / (t - t1), (t - t1) / (o - o1)))
+    ours_px, theirs_px = b.fresh(5, first_seed=5000), b.fresh(5, first_seed=5000)
+    o, t = b.timed(lambda: b.ours_group(p5, ours_px(), 16), lambda: b.theirs_group(p5, theirs_px(), 16))
+    rows.append(("RL group, 8 x 16, tok/s ***", 128 / o, 128 / t, t / o))
     useful = sum(NEW_TOKENS_8)
     o, t_time = b.timed(b.ours_8, b.theirs_8)
     rows.append(("8 requests, total tok/s *", useful / o, useful / t_time, t_time / o))
@@ -200,6 +222,8 @@ def run(args: argparse.Namespace) -> None:
           f"counting all it computed: {8 * max(NEW_TOKENS_8) / t_time:.1f} tok/s")
     print(f"** the first turn's {len(p1)}-token prompt, its {len(ours_tok)}-token answer and a new question "
           f"({len(next_turn)} tokens) about the same image: ours reuses the image's features and the first turn's keys/values")
+    print(f"*** 8 sampled answers to one {len(p5)}-token 5-tile prompt: ours runs its ViT and prefill once; "
+          f"transformers (num_return_sequences=8) runs them for each")
     print(f"ratio: {rows[-1][3]:.2f}")
 
 
