@@ -73,9 +73,23 @@ def test_same_tokens_with_other_images_or_ready_made_features_run_each(model):
     assert [o.token_ids for o in outs] == [_alone(model, r) for r in requests]
 
 
-def test_without_caches_image_prompts_are_not_hashed_but_text_prompts_still_share(model):
-    engine = Engine(model, eos_token_ids=[], image_cache_bytes=0, prefix_cache_bytes=0)
+def test_the_prefix_cache_switch_turns_sharing_off(model):
+    engine = Engine(model, eos_token_ids=[], prefix_cache_bytes=0)
     runs = _count_prefilled(engine)
-    engine.generate(_group(model, 1, n=2) + _group(model, 0, n=2))
-    n_image, n_text = (len(_group(model, t, n=1)[0].input_ids) for t in (1, 0))
-    assert runs == [n_image, n_image, n_text]
+    group = _group(model, 1, n=2) + _group(model, 0, n=2)
+    outs = engine.generate(group)
+    assert runs == [len(r.input_ids) for r in group]
+    assert [o.token_ids for o in outs] == [_alone(model, r) for r in group]
+
+
+def test_a_group_continuing_a_kept_prefix_reuses_it_once_and_copies_it(model):
+    first = Request(_prompt(40, model.config.tokens_per_tile, seed=21), GREEDY, pixel_values=_pixels(1, seed=21))
+    engine = Engine(model, eos_token_ids=[])
+    answer = engine.generate([first])[0].token_ids
+    ids = first.input_ids + answer + _prompt(10, seed=22)
+    group = [Request(list(ids), SamplingParams(max_new_tokens=6, temperature=1.0, seed=k),
+                     pixel_values=first.pixel_values.clone()) for k in range(3)]
+    runs = _count_prefilled(engine)
+    outs = engine.generate(group)
+    assert runs == [] and engine.runner.prefix_cache.hits == 1  # the leader ran its suffix; the others copied
+    assert [o.token_ids for o in outs] == [_alone(model, r) for r in group]

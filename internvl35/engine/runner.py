@@ -72,8 +72,12 @@ class ModelRunner:
         return pixels_digest(pixels)
 
     def share_key(self, seq: Sequence) -> tuple | None:
-        """What the prompt's keys/values depend on, when tokens and image digest say it all (`_prefix_keyable`)."""
-        return (tuple(seq.prompt_ids), seq.image_digest) if self._prefix_keyable(seq) else None
+        """What the prompt's keys/values depend on, when tokens and image digest say it all (`_prefix_keyable`).
+        None with the prefix cache off: that one switch turns off all reuse of keys/values across requests (and
+        the timing it would show a shared server's users)."""
+        if self.prefix_cache is None or not self._prefix_keyable(seq):
+            return None
+        return tuple(seq.prompt_ids), seq.image_digest
 
     def _encoder_version(self) -> tuple | None:
         """The version of everything that turns pixels into features: the parameters outside the language model,

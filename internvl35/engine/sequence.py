@@ -41,7 +41,8 @@ class Sequence:
     emitted: int = 0  # output tokens already reported to the caller
     image_digest: bytes | None = None  # SHA-256 of the pixel tiles, when a cache needs it (kept past release_images)
     # Says everything the prompt's keys/values depend on (token ids, image digest), or None where it cannot (ready-made
-    # image features): requests admitted together with the same key share one prefill (`ModelRunner.share_key`).
+    # image features) or must not (the prefix cache off): requests admitted together with the same key share one
+    # prefill (`ModelRunner.share_key`).
     share_key: tuple | None = None
 
     @property
