@@ -276,3 +276,35 @@ def test_score_equals_log_softmax_of_full_forward(model):
     with pytest.raises(ValueError, match="response_start"):
         score(model, [([1, 2], 0)])
 
+
+
+def test_responses_to_one_prompt_share_it_and_score_as_if_alone(model):
+    tpt = model.config.tokens_per_tile
+    prompt, px = _prompt(12, tpt, seed=51), _pixels(1, 9)
+    responses = [[7, 8, 9], [10], [], [11, 12, 13, 14, 15]]
+    seqs = [(prompt + r, len(prompt)) for r in responses]
+    images: list = [px, px.clone(), px, px]  # equal tiles in another tensor share too
+    seqs += [(prompt + [3, 4], len(prompt)), (_prompt(8, seed=52), 5)]
+    images += [_pixels(1, 10), None]  # the same tokens with another image: a row of its own
+    encoded: list[int] = []
+    real = model.encode_images
+    model.encode_images = lambda pixels: encoded.append(pixels.shape[0]) or real(pixels)
+    try:
+        shared = score(model, seqs, images)
+        assert encoded == [2]  # one tile for the group, one for the other image
+        alone = score(model, seqs, images, share_prompts=False)
+    finally:
+        del model.encode_images
+    for a, b in zip(shared, alone):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # The gradient of the group's summed log-probs reaches the shared prompt as separate rows would send it.
+    grads = []
+    for share in (True, False):
+        model.zero_grad()
+        sum(lp.sum() for lp in score(model, seqs[:4], images[:4], share_prompts=share)).backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    model.zero_grad()
+    assert len(grads[0]) == len(grads[1]) > 0
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

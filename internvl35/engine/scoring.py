@@ -1,29 +1,49 @@
 """Log-probabilities of given responses under the model, in one batched forward (RL: GSPO ratios, MPO).
 
 Uses the same `InternVLModel.forward` as generation, so scored log-probs match the rollout policy.
+
+Responses to the same prompt (a GSPO group: G samples of one question) share it: their row holds the prompt once
+and the responses after it, each attending to the prompt and to itself only (a tree mask, positions restarting
+after the prompt), so the prompt and its images run once instead of G times. Gradients reach the shared prompt
+from every response, as the sum over separate rows would.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from internvl35.model.attention import AttentionInput
 from internvl35.model.internvl import ImageFeatures, InternVLModel
 
 Image = ImageFeatures | Tensor | None
 
 
-def score(model: InternVLModel, sequences: list[tuple[list[int], int]], images: Seq[Image] | None = None) -> list[Tensor]:
+@dataclass
+class _Row:
+    """One row of the batch: a prompt, its image entry, and the sequences (indices) whose responses follow it."""
+
+    prompt: list[int]
+    image: Image
+    members: list[int] = field(default_factory=list)
+
+
+def score(model: InternVLModel, sequences: list[tuple[list[int], int]], images: Seq[Image] | None = None,
+          share_prompts: bool = True) -> list[Tensor]:
     """Per-token log p(y_t | y_<t) of each response; returns one fp32 tensor per sequence.
 
     1. Each sequence is (ids = prompt + response, response_start); its result has len(ids) - response_start
        entries, the log-prob of ids[t] for t = response_start .. len(ids) - 1.
-    2. Rows are right-padded to the longest; plain causal attention is then exact for every real token
-       (a real token never sees padding, which only follows it), so no mask is needed.
-    3. Logits are computed only where a response token is predicted (positions response_start - 1 ..
-       len - 2), via `logits_at`; shorter rows repeat their last position and are trimmed after.
+    2. With `share_prompts`, sequences with the same prompt ids and the same image entry (the same object, or
+       equal pixel tiles) share one row (module docstring). Otherwise, and when no two sequences share a prompt,
+       each is a row of its own.
+    3. Rows are right-padded to the longest. Padding only follows real tokens, and a real token never attends
+       to it, so rows of one sequence need no mask; shared rows get a tree mask.
+    4. Logits are computed only where a response token is predicted (`logits_at`); shorter rows repeat their
+       last position and are trimmed after.
     images: per sequence None, ImageFeatures, or pixel tiles (N, 3, H, W); all tiles go through one ViT call.
     Gradients flow (policy loss); wrap in torch.no_grad() for reference or old-policy log-probs.
 
@@ -38,23 +58,82 @@ def score(model: InternVLModel, sequences: list[tuple[list[int], int]], images: 
         if not 1 <= start <= len(ids):
             raise ValueError(f"score: response_start={start} must be in 1..len(ids)={len(ids)} "
                              "(the first token has no prediction)")
+    rows = _rows(sequences, images, share_prompts)
     device = next(model.parameters()).device
     pad = 0 if model.config.image_token_id != 0 else 1
-    T = max(len(ids) for ids, _ in sequences)
-    K = max(max(len(ids) - start for ids, start in sequences), 1)
-    input_ids = torch.tensor([ids + [pad] * (T - len(ids)) for ids, _ in sequences], device=device)  # (B, T)
-    at = [_predicting(len(ids), start, K) for ids, start in sequences]
-    logits = model(input_ids, image_features=_features(model, images), logits_at=torch.tensor(at, device=device)).logits
+    responses = [ids[start:] for ids, start in sequences]
+    tokens = [row.prompt + [t for i in row.members for t in responses[i]] for row in rows]
+    T = max(map(len, tokens))
+    # Per row, the positions predicting each member's response tokens, members one after another.
+    at = [_predicting(row, responses) for row in rows]
+    K = max(max(map(len, at)), 1)
+    input_ids = torch.tensor([t + [pad] * (T - len(t)) for t in tokens], device=device)  # (B, T)
+    attn = _tree_input(rows, responses, T, device) if any(len(r.members) > 1 for r in rows) else None
+    logits_at = torch.tensor([a + [a[-1] if a else 0] * (K - len(a)) for a in at], device=device)
+    logits = model(input_ids, image_features=_features(model, [row.image for row in rows]), attn=attn,
+                   logits_at=logits_at).logits
     logp = logits.float().log_softmax(-1)  # (B, K, V)
-    targets = torch.tensor([ids[start:] + [pad] * (K - len(ids) + start) for ids, start in sequences], device=device)
+    targets = [[t for i in row.members for t in responses[i]] for row in rows]
+    targets = torch.tensor([t + [pad] * (K - len(t)) for t in targets], device=device)
     picked = logp.gather(-1, targets[..., None])[..., 0]  # (B, K)
-    return [picked[i, : len(ids) - start] for i, (ids, start) in enumerate(sequences)]
+    out: list[Tensor] = [torch.empty(0)] * len(sequences)
+    for b, row in enumerate(rows):
+        offset = 0
+        for i in row.members:
+            out[i] = picked[b, offset: offset + len(responses[i])]
+            offset += len(responses[i])
+    return out
 
 
-def _predicting(length: int, start: int, K: int) -> list[int]:
-    """Positions whose logits predict the response tokens, padded to K by repeating the last one."""
-    pos = list(range(start - 1, length - 1)) or [start - 1]
-    return pos + [pos[-1]] * (K - len(pos))
+def _same_image(a: Image, b: Image) -> bool:
+    if a is b:
+        return True
+    return (isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and a.dtype == b.dtype
+            and bool(torch.equal(a, b.to(a.device))))
+
+
+def _rows(sequences: list[tuple[list[int], int]], images: list[Image], share: bool) -> list[_Row]:
+    """Group sequences into rows: one per distinct (prompt, image) when sharing, else one per sequence."""
+    rows: list[_Row] = []
+    by_prompt: dict[tuple[int, ...], list[_Row]] = {}
+    for i, ((ids, start), image) in enumerate(zip(sequences, images)):
+        prompt = tuple(ids[:start])
+        row = next((r for r in by_prompt.get(prompt, []) if _same_image(r.image, image)), None) if share else None
+        if row is None:
+            row = _Row(list(prompt), image)
+            rows.append(row)
+            by_prompt.setdefault(prompt, []).append(row)
+        row.members.append(i)
+    return rows
+
+
+def _predicting(row: _Row, responses: list[list[int]]) -> list[int]:
+    """Row positions whose logits predict each member's response tokens: the prompt's last position for a
+    response's first token, then the response's own tokens."""
+    at, offset = [], len(row.prompt)
+    for i in row.members:
+        n = len(responses[i])
+        at += ([len(row.prompt) - 1] + list(range(offset, offset + n - 1))) if n else []
+        offset += n
+    return at
+
+
+def _tree_input(rows: list[_Row], responses: list[list[int]], T: int, device: torch.device) -> AttentionInput:
+    """Positions and mask of rows holding a prompt and responses after it: a response token sees the prompt and
+    its own response up to itself, at positions that continue the prompt's; padding sees only padding."""
+    segment = torch.full((len(rows), T), -2, dtype=torch.long)  # -1 the prompt, i member i's response, -2 padding
+    positions = torch.zeros(len(rows), T, dtype=torch.long)
+    for b, row in enumerate(rows):
+        P = len(row.prompt)
+        segment[b, :P], positions[b, :P] = -1, torch.arange(P)
+        offset = P
+        for i in row.members:
+            n = len(responses[i])
+            segment[b, offset: offset + n], positions[b, offset: offset + n] = i, torch.arange(P, P + n)
+            offset += n
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    mask = causal & ((segment[:, :, None] == segment[:, None, :]) | (segment[:, None, :] == -1))
+    return AttentionInput(positions=positions.to(device), mask=mask[:, None].to(device))
 
 
 def _features(model: InternVLModel, images: list[Image]) -> ImageFeatures | None:
