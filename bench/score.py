@@ -5,7 +5,7 @@ from transformers' save_pretrained. The group is one 1,320-token prompt with 5 t
 tokens. Rows (median of --repeats after one warm-up each; the three alternate, so all see the same load):
 
 - ours: `score(...)` with the prompt shared (the default): one row of the prompt and the 8 responses after it
-  under a tree mask, the ViT and the prompt run once;
+  as segments (each attends to the prompt and itself), the ViT and the prompt run once;
 - ours, not shared (`share_prompts=False`): 8 right-padded rows, the ViT and the prompt 8 times;
 - transformers: one forward of the same 8 padded rows, pixel tiles repeated for each, then log-softmax and
   gather at the response positions (what a trainer built on `InternVLForConditionalGeneration` runs).

@@ -3,8 +3,8 @@
 Uses the same `InternVLModel.forward` as generation, so scored log-probs match the rollout policy.
 
 Responses to the same prompt (a GSPO group: G samples of one question) share it: their row holds the prompt once
-and the responses after it, each attending to the prompt and to itself only (a tree mask, positions restarting
-after the prompt), so the prompt and its images run once instead of G times. Gradients reach the shared prompt
+and the responses after it, each attending to the prompt and to itself only (segments with a shared prefix,
+positions continuing the prompt's), so the prompt and its images run once instead of G times. Gradients reach the shared prompt
 from every response, as the sum over separate rows would.
 """
 
@@ -41,7 +41,7 @@ def score(model: InternVLModel, sequences: list[tuple[list[int], int]], images: 
        equal pixel tiles) share one row (module docstring). Otherwise, and when no two sequences share a prompt,
        each is a row of its own.
     3. Rows are right-padded to the longest. Padding only follows real tokens, and a real token never attends
-       to it, so rows of one sequence need no mask; shared rows get a tree mask.
+       to it, so rows of one sequence need no mask; shared rows are segments (`_tree_input`).
     4. Logits are computed only where a response token is predicted (`logits_at`); shorter rows repeat their
        last position and are trimmed after.
     images: per sequence None, ImageFeatures, or pixel tiles (N, 3, H, W); all tiles go through one ViT call.
@@ -119,21 +119,19 @@ def _predicting(row: _Row, responses: list[list[int]]) -> list[int]:
 
 
 def _tree_input(rows: list[_Row], responses: list[list[int]], T: int, device: torch.device) -> AttentionInput:
-    """Positions and mask of rows holding a prompt and responses after it: a response token sees the prompt and
-    its own response up to itself, at positions that continue the prompt's; padding sees only padding."""
-    segment = torch.full((len(rows), T), -2, dtype=torch.long)  # -1 the prompt, i member i's response, -2 padding
+    """Rows holding a prompt and responses after it, as segments whose first (the prompt) every response also
+    sees: a response token sees the prompt and its own response up to itself, at positions that continue the
+    prompt's. Costs about P^2 + sum n_i (P + n_i), never a (T, T) mask."""
     positions = torch.zeros(len(rows), T, dtype=torch.long)
+    segments = []
     for b, row in enumerate(rows):
         P = len(row.prompt)
-        segment[b, :P], positions[b, :P] = -1, torch.arange(P)
-        offset = P
-        for i in row.members:
-            n = len(responses[i])
-            segment[b, offset: offset + n], positions[b, offset: offset + n] = i, torch.arange(P, P + n)
-            offset += n
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
-    mask = causal & ((segment[:, :, None] == segment[:, None, :]) | (segment[:, None, :] == -1))
-    return AttentionInput(positions=positions.to(device), mask=mask[:, None].to(device))
+        lengths = [len(responses[i]) for i in row.members if responses[i]]
+        positions[b, :P] = torch.arange(P)
+        if lengths:
+            positions[b, P: P + sum(lengths)] = torch.cat([torch.arange(P, P + n) for n in lengths])
+        segments.append([P, *lengths])
+    return AttentionInput(positions=positions.to(device), segments=segments, shared_prefix=[True] * len(rows))
 
 
 def _features(model: InternVLModel, images: list[Image]) -> ImageFeatures | None:

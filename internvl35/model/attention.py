@@ -30,12 +30,15 @@ class AttentionInput:
     segments: packed rows without a mask: the sample lengths of each row, laid end to end from position 0
         (any rest of the row is padding). Attention runs causally inside each sample, which costs
         sum(L_i^2) instead of T^2 and never materialises a (T, T) mask.
+    shared_prefix: with segments, per row whether its first segment is a prefix every later segment of the row
+        also attends to (responses after the prompt they share: `engine/scoring.py`); None = none is.
     """
 
     positions: Tensor
     mask: Tensor | None = None
     cache: KVCache | None = None
     segments: list[list[int]] | None = None
+    shared_prefix: list[bool] | None = None
 
 
 def causal_input(batch: int, length: int, device: torch.device | str = "cpu") -> AttentionInput:
@@ -55,16 +58,27 @@ def segmented_input(sample_lengths: list[int], device: torch.device | str = "cpu
     return AttentionInput(positions=_packed_positions(sample_lengths, device)[None], segments=[list(sample_lengths)])
 
 
-def segment_attention(q: Tensor, k: Tensor, v: Tensor, segments: list[list[int]], gqa: bool) -> Tensor:
-    """Causal attention inside each packed sample: q (B, nh, T, hs), k/v (B, nkv, T, hs) -> (B, nh, T, hs)."""
+def segment_attention(q: Tensor, k: Tensor, v: Tensor, segments: list[list[int]], gqa: bool,
+                      shared_prefix: list[bool] | None = None) -> Tensor:
+    """Causal attention inside each packed sample: q (B, nh, T, hs), k/v (B, nkv, T, hs) -> (B, nh, T, hs).
+
+    Where `shared_prefix[b]`, the later samples of row b also see all of its first one: keys and values of
+    [prefix, own sample], a (n, P + n) mask of ones then causal, never a (T, T) one."""
     T = q.shape[2]
     rows = []
     for b, lengths in enumerate(segments):
         parts, start = [], 0
+        prefix = lengths[0] if shared_prefix is not None and shared_prefix[b] and lengths else 0
         for n in lengths:
             s = slice(start, start + n)
-            parts.append(F.scaled_dot_product_attention(q[b:b + 1, :, s], k[b:b + 1, :, s], v[b:b + 1, :, s],
-                                                        is_causal=True, enable_gqa=gqa))
+            if prefix and start:
+                seen = torch.ones(n, prefix + n, dtype=torch.bool, device=q.device)
+                seen[:, prefix:] = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+                kv = (torch.cat([x[b:b + 1, :, :prefix], x[b:b + 1, :, s]], dim=2) for x in (k, v))
+                parts.append(F.scaled_dot_product_attention(q[b:b + 1, :, s], *kv, attn_mask=seen, enable_gqa=gqa))
+            else:
+                parts.append(F.scaled_dot_product_attention(q[b:b + 1, :, s], k[b:b + 1, :, s], v[b:b + 1, :, s],
+                                                            is_causal=True, enable_gqa=gqa))
             start += n
         if start < T:  # padding: its output is never used, zeros keep it finite
             parts.append(q.new_zeros(1, q.shape[1], T - start, q.shape[3]))

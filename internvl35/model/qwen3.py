@@ -59,7 +59,7 @@ class Attention(nn.Module):
             k, v = attn.cache.update(self.layer, k, v)
         gqa = self.n_kv != self.n_heads
         if attn.segments is not None:
-            out = segment_attention(q, k, v, attn.segments, gqa)
+            out = segment_attention(q, k, v, attn.segments, gqa, attn.shared_prefix)
         elif attn.mask is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
         else:
