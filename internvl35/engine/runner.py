@@ -108,12 +108,12 @@ class ModelRunner:
         return torch.stack([logits[s.id] for s in seqs])
 
     def _prefix_hits(self, seqs: list[Sequence]) -> dict[int, tuple[int, Tensor]]:
-        if self.prefix_cache is None:
+        if not self.prefix_cache:  # off or empty: nothing to find, and no parameters to list for the version
             return {}
         version = weights_version(self.model.parameters())
         if version is None:
             return {}
-        hits = {}
+        hits: dict[int, tuple[int, Tensor]] = {}
         for seq in filter(self._prefix_keyable, seqs):
             hit = self.prefix_cache.match(seq.prompt_ids, seq.image_digest, version, self.model.config.image_token_id)
             if hit is not None:
@@ -186,18 +186,20 @@ class ModelRunner:
 
     def keep_prefixes(self, finished: list[Sequence]) -> None:
         """Copy finished sequences' keys/values into the prefix cache (before their slots are reused)."""
-        if self.prefix_cache is None or not finished:
-            return
-        version = weights_version(self.model.parameters())
-        if version is None:
+        if self.prefix_cache is None:
             return
         kv = self.cache.kv
         per_token = kv[:, :, 0, :, 0].numel() * kv.element_size()
-        for seq in finished:
-            n = seq.num_tokens - 1  # the cache holds all but the newest token
-            if (seq.slot is None or seq.finish_reason == "abort" or not self._prefix_keyable(seq)
-                    or not self.prefix_cache.wants(n, n * per_token)):
-                continue
+        # The cache holds all but the newest token of each.
+        kept = [seq for seq in finished if seq.slot is not None and seq.finish_reason != "abort"
+                and self._prefix_keyable(seq)
+                and self.prefix_cache.wants(seq.num_tokens - 1, (seq.num_tokens - 1) * per_token)]
+        # Listing every parameter for the version costs ~ms on a large MoE: only when something is to be kept.
+        version = weights_version(self.model.parameters()) if kept else None
+        if version is None:
+            return
+        for seq in kept:
+            n = seq.num_tokens - 1
             ids = (seq.prompt_ids + seq.output_ids)[:n]
             self.prefix_cache.save(ids, seq.image_digest, version, self.cache.read(seq.slot, n))
 

@@ -4,8 +4,8 @@ Uses the same `InternVLModel.forward` as generation, so scored log-probs match t
 
 Responses to the same prompt (a GSPO group: G samples of one question) share it: their row holds the prompt once
 and the responses after it, each attending to the prompt and to itself only (segments with a shared prefix,
-positions continuing the prompt's), so the prompt and its images run once instead of G times. Gradients reach the shared prompt
-from every response, as the sum over separate rows would.
+positions continuing the prompt's), so the prompt and its images run once instead of G times. Gradients reach
+the shared prompt from every response, as the sum over separate rows would.
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ def dense_label(label: str, value: int) -> str:
     return f"chart {label} {value}"
 
 
-def _draw(labels: list[str], values: list[int], size: int, vmax: int, show: bool) -> tuple[Image.Image, list[tuple[Box, str]]]:
+def _draw(labels: list[str], values: list[int], size: int, vmax: int,
+          show: bool) -> tuple[Image.Image, list[tuple[Box, str]]]:
     """Axis on the left, bars left to right, labels under the bars; returns the image and its layout: each bar's
     printed name, labelled with that name and the bar's value (`dense_label`), so that an image token there can
     be taught to know both (the one place a question's word meets the bar it asks about).
