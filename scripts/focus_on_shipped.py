@@ -2,6 +2,8 @@
 
     python scripts/focus_on_shipped.py OUT_DIR --weights 3,4,1,1,1,1 [--steps 150] [--lr 5e-4]
     python scripts/focus_on_shipped.py OUT_DIR --weights 0,0,1,0,0,0 --freeze "" --vit-lr-scale 0.2   # ViT trains too
+    python scripts/focus_on_shipped.py OUT_DIR --model RUN_MODEL --weights 0,0,1,0,0,0 --symbolic-ratio 1 \
+        --freeze vit,mlp,embed     # another model (e.g. a run's state saved as a model directory), charts as words
 
 --weights are the relative weights of digits, shapes, chart, document, gui, embodied. Everything else is stage
 1's mix and settings (thinking 25%, half of the digit scenes as words, the anchor on the others, reading 8:1 on
@@ -44,12 +46,15 @@ def main() -> None:
     parser.add_argument("--freeze", default=",".join(TINY.sft["freeze"]),
                         help="parts to freeze, comma-separated (default: stage 1's, the ViT); \"\" trains all")
     parser.add_argument("--vit-lr-scale", type=float, default=None, help="the ViT's learning rate, as a share of --lr")
+    parser.add_argument("--model", type=Path, default=SHIPPED, help="the model to train on (default: the shipped one)")
+    parser.add_argument("--symbolic-ratio", type=float, default=TINY.mix.symbolic_ratio,
+                        help="share of the scenes that can be written as words that are (default: stage 1's)")
     args = parser.parse_args()
     weights = tuple(float(w) for w in args.weights.split(","))
     torch.set_num_threads(2)
-    model = load_model(SHIPPED, dtype=torch.float32)
-    tokenizer = ChatTokenizer.from_dir(SHIPPED)
-    mix = replace(TINY.mix, weights=weights)  # stage 1's mix, re-weighted
+    model = load_model(args.model, dtype=torch.float32)
+    tokenizer = ChatTokenizer.from_dir(args.model)
+    mix = replace(TINY.mix, weights=weights, symbolic_ratio=args.symbolic_ratio)  # stage 1's mix, re-weighted
     stage1 = {k: v for k, v in TINY.sft.items() if k not in ("steps", "lr", "save_every", "freeze")}
     freeze = tuple(part for part in args.freeze.split(",") if part)
     lr_scale = {} if args.vit_lr_scale is None else {"vit": args.vit_lr_scale}
@@ -58,8 +63,8 @@ def main() -> None:
     started = time.perf_counter()
     SFTTrainer(model, TaskSource(tokenizer, model.config, mix, seed=1), cfg, pad_id=tokenizer.pad_id).run()
     print(f"trained in {time.perf_counter() - started:.0f} s")
-    meta = {"focus_on_shipped": {"weights": weights, "steps": args.steps, "lr": args.lr, "freeze": freeze,
-                                 "lr_scale": lr_scale}}
+    meta = {"focus_on_shipped": {"model": str(args.model), "weights": weights, "steps": args.steps, "lr": args.lr,
+                                 "freeze": freeze, "lr_scale": lr_scale, "symbolic_ratio": args.symbolic_ratio}}
     export_model(model, tokenizer, args.out / "final", args.out, torch.bfloat16, meta)
 
 
