@@ -72,8 +72,7 @@ def segment_attention(q: Tensor, k: Tensor, v: Tensor, segments: list[list[int]]
         for n in lengths:
             s = slice(start, start + n)
             if prefix and start:
-                seen = torch.ones(n, prefix + n, dtype=torch.bool, device=q.device)
-                seen[:, prefix:] = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+                seen = torch.ones(n, prefix + n, dtype=torch.bool, device=q.device).tril(prefix)  # prefix, then causal
                 kv = (torch.cat([x[b:b + 1, :, :prefix], x[b:b + 1, :, s]], dim=2) for x in (k, v))
                 parts.append(F.scaled_dot_product_attention(q[b:b + 1, :, s], *kv, attn_mask=seen, enable_gqa=gqa))
             else:
