@@ -32,10 +32,10 @@ from internvl35.data.tiling import to_tensor  # noqa: E402
 from internvl35.tasks.base import FAMILIES, Sample, split_seeds  # noqa: E402
 from internvl35.train.data import symbolic_fits  # noqa: E402
 from internvl35.train.vision_pretrain import (  # noqa: E402
-    CHART_LABELS, LABEL_ID, SHAPE_LABELS, exact_labels, label_words, patch_labels, token_px,
+    CHART_LABELS, DIGIT_LABELS, LABEL_ID, SHAPE_LABELS, exact_labels, label_words, patch_labels, token_px,
 )
 
-FAMILY_LABELS = {"digits": tuple(f"digit {d}" for d in range(10)), "shapes": SHAPE_LABELS, "chart": CHART_LABELS}
+FAMILY_LABELS = {"digits": DIGIT_LABELS, "shapes": SHAPE_LABELS, "chart": CHART_LABELS}
 
 
 def writable(vl: InternVL, samples: list[Sample]) -> bool:

@@ -29,15 +29,12 @@ from internvl35.tasks.base import TEST_SEED_START  # noqa: E402
 from internvl35.train import vision_pretrain as vp  # noqa: E402
 from internvl35.train.recipe import TINY  # noqa: E402
 
-BASELINE, PLOT_HEIGHT = 200, 184  # chart._draw at 224 px: the bars' baseline and the height of the value axis
-
-
 def with_bar_tops(seed: int, size: int = 224):
     """`chart.dense`, plus a point at each bar's top edge labelled like the bar's name."""
     image, layout = chart.dense(seed, size)
     tops = []
     for (x0, _, x1, _), name in layout:
-        top = round(BASELINE - int(name.split()[-1]) * PLOT_HEIGHT / chart.VMAX)
+        top = chart.bar_top(int(name.split()[-1]), size)
         tops.append((((x0 + x1) // 2 - 1, top, (x0 + x1) // 2 + 1, top + 1), name))
     return image, layout + tops
 

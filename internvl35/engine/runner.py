@@ -92,10 +92,14 @@ class ModelRunner:
         run only the rest, one row each; the others run packed in one row."""
         self.encode_images(seqs)
         leaders: dict[tuple, Sequence] = {}  # the first of each group of same prompts runs; the others copy it
-        copies = [(s, leaders.setdefault(s.share_key, s)) for s in seqs if s.share_key is not None]
-        copies = [(s, lead) for s, lead in copies if lead is not s]
-        copied = {s.id for s, _ in copies}
-        run = [s for s in seqs if s.id not in copied]
+        run: list[Sequence] = []
+        copies: list[tuple[Sequence, Sequence]] = []
+        for seq in seqs:
+            lead = seq if seq.share_key is None else leaders.setdefault(seq.share_key, seq)
+            if lead is seq:
+                run.append(seq)
+            else:
+                copies.append((seq, lead))
         reuse = self._prefix_hits(run)
         packed = [s for s in run if s.id not in reuse]
         logits = dict(zip((s.id for s in packed), self._prefill_packed(packed))) if packed else {}

@@ -62,7 +62,8 @@ def score(model: InternVLModel, sequences: list[tuple[list[int], int]], images: 
     device = next(model.parameters()).device
     pad = 0 if model.config.image_token_id != 0 else 1
     responses = [ids[start:] for ids, start in sequences]
-    tokens = [row.prompt + [t for i in row.members for t in responses[i]] for row in rows]
+    answers = [[t for i in row.members for t in responses[i]] for row in rows]  # each row's responses, end to end
+    tokens = [row.prompt + a for row, a in zip(rows, answers)]
     T = max(map(len, tokens))
     # Per row, the positions predicting each member's response tokens, members one after another.
     at = [_predicting(row, responses) for row in rows]
@@ -73,8 +74,7 @@ def score(model: InternVLModel, sequences: list[tuple[list[int], int]], images: 
     logits = model(input_ids, image_features=_features(model, [row.image for row in rows]), attn=attn,
                    logits_at=logits_at).logits
     logp = logits.float().log_softmax(-1)  # (B, K, V)
-    targets = [[t for i in row.members for t in responses[i]] for row in rows]
-    targets = torch.tensor([t + [pad] * (K - len(t)) for t in targets], device=device)
+    targets = torch.tensor([a + [pad] * (K - len(a)) for a in answers], device=device)
     picked = logp.gather(-1, targets[..., None])[..., 0]  # (B, K)
     out: list[Tensor] = [torch.empty(0)] * len(sequences)
     for b, row in enumerate(rows):

@@ -23,6 +23,18 @@ def dense_label(label: str, value: int) -> str:
     return f"chart {label} {value}"
 
 
+def _plot(size: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the plot area in a chart of `size` px (`_draw`, step 1)."""
+    s = size / 224
+    return round(26 * s), round(16 * s), size - round(8 * s), size - round(24 * s)
+
+
+def bar_top(value: int, size: int = 224, vmax: int = VMAX) -> int:
+    """The y of the top edge of a bar of `value`."""
+    _, top, _, bottom = _plot(size)
+    return round(bottom - value * (bottom - top) / vmax)
+
+
 def _draw(labels: list[str], values: list[int], size: int, vmax: int,
           show: bool) -> tuple[Image.Image, list[tuple[Box, str]]]:
     """Axis on the left, bars left to right, labels under the bars; returns the image and its layout: each bar's
@@ -36,7 +48,7 @@ def _draw(labels: list[str], values: list[int], size: int, vmax: int,
     3. n bars share the plot width: slot = plot_w / n, bar width = 0.6 * slot, centred.
     """
     s = size / 224
-    left, bottom, top, right = round(26 * s), size - round(24 * s), round(16 * s), size - round(8 * s)
+    left, top, right, bottom = _plot(size)
     unit = (bottom - top) / vmax
     img = Image.new("RGB", (size, size), (255, 255, 255))
     d = ImageDraw.Draw(img)
@@ -52,7 +64,7 @@ def _draw(labels: list[str], values: list[int], size: int, vmax: int,
     layout = []
     for i, (lab, v) in enumerate(zip(labels, values)):
         cx = left + (i + 0.5) * slot
-        y = round(bottom - v * unit)
+        y = bar_top(v, size, vmax)
         d.rectangle([round(cx - 0.3 * slot), y, round(cx + 0.3 * slot), bottom - 1], fill=BAR_COLOURS[i])
         d.text((cx, bottom + 3 * s), lab, fill=(0, 0, 0), font=label_font, anchor="mt")
         x0, y0, x1, y1 = d.textbbox((cx, bottom + 3 * s), lab, font=label_font, anchor="mt")

@@ -43,10 +43,11 @@ Box = tuple[int, int, int, int]
 DenseScene = Callable[[int, int], tuple[Image.Image, list[tuple[Box, str]]]]  # (seed, size) -> image, labelled boxes
 SCENES: dict[str, DenseScene] = {"digits": digits.dense, "shapes": shapes.dense, "chart": chart.dense}
 FAMILY_INDEX = {name: i for i, name in enumerate(SCENES)}
+DIGIT_LABELS = tuple(f"digit {d}" for d in range(10))
 SHAPE_LABELS = tuple(f"{c} {s}" for c in shapes.COLOURS for s in shapes.SHAPES)
 # A chart's printed bar name with the bar's value: the name is where a question's word meets its bar.
 CHART_LABELS = tuple(chart.dense_label(name, v) for name in chart.LABELS for v in range(1, chart.VMAX + 1))
-LABELS = ("background", *(f"digit {d}" for d in range(10)), *SHAPE_LABELS, *CHART_LABELS)
+LABELS = ("background", *DIGIT_LABELS, *SHAPE_LABELS, *CHART_LABELS)
 LABEL_ID = {name: i for i, name in enumerate(LABELS)}
 
 
