@@ -18,7 +18,7 @@ from internvl35.atomic import atomic_path, atomic_write_text
 from internvl35.config import InternVLConfig
 from internvl35.config_io import detect_layout
 from internvl35.model.internvl import InternVLModel, init_weights
-from internvl35.model.keymap import hf_to_original, original_to_hf
+from internvl35.model.keymap import fuse_experts, hf_to_original, original_to_hf, split_experts
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 INDEX_NAME = "model.safetensors.index.json"
@@ -86,7 +86,10 @@ def read_checkpoint(directory: str | Path, dtype: torch.dtype | None = None) -> 
     state = read_safetensors(files, dtype)
     if detect_layout(json.loads((directory / "config.json").read_text())) == "hf":
         state = hf_to_original(state)
-    return config, state
+    try:
+        return config, fuse_experts(state)
+    except KeyError as e:
+        raise CheckpointError(f"{directory}: {e.args[0]}") from None
 
 
 def check_state(model: torch.nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -151,6 +154,7 @@ def save_checkpoint(model: InternVLModel, directory: str | Path, layout: str = "
     the index and config last, so a reader never sees a half-written checkpoint."""
     directory = Path(directory)
     state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
+    state = split_experts(state)
     if layout == "hf":
         state = original_to_hf(state)
     elif layout != "original":

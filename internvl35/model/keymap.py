@@ -2,7 +2,8 @@
 
 Our parameters carry the original layout's names, so only the HF layout needs mapping. `{}` stands for a
 layer index. The fused vision `attn.qkv` is the only tensor that changes shape: it is split into
-q/k/v (three equal parts along dim 0) in the HF layout.
+q/k/v (three equal parts along dim 0) in the HF layout. Apart from both layouts, a MoE layer's experts are
+stacked in the model and one Linear each in every checkpoint (`fuse_experts`, `split_experts`).
 """
 
 from __future__ import annotations
@@ -120,4 +121,49 @@ def hf_to_original(state: dict[str, Tensor]) -> dict[str, Tensor]:
             missing = [("q", "k", "v")[i] for i in range(3) if i not in parts]
             raise KeyError(f"{target}: the HF checkpoint lacks the {'/'.join(missing)} part(s) of the split projection")
         out[target] = torch.cat([parts[0], parts[1], parts[2]], dim=0)
+    return out
+
+
+# ---- MoE experts: one Linear per expert on disk (both layouts), stacked in the model (`qwen3.Experts`) ----------
+
+_EXPERT = re.compile(r"^(.*\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+
+
+def fuse_experts(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """`{p}.{e}.gate_proj.weight`, `.up_proj.`, `.down_proj.` for e = 0..E-1 -> `{p}.gate_up_proj` (E, 2I, D) and
+    `{p}.down_proj` (E, D, I), where p is a layer's `...mlp.experts`. Other names pass through. Empties `state` as
+    it goes, so that a layer's per-expert tensors can be freed once stacked."""
+    layers: dict[str, dict[tuple[int, str], Tensor]] = {}
+    out: dict[str, Tensor] = {}
+    for name in list(state):
+        m = _EXPERT.match(name)
+        if m:
+            layers.setdefault(m.group(1), {})[int(m.group(2)), m.group(3)] = state.pop(name)
+        else:
+            out[name] = state.pop(name)
+    for prefix, parts in layers.items():
+        n = 1 + max(e for e, _ in parts)
+        missing = [f"{prefix}.{e}.{p}.weight" for e in range(n) for p in _PROJECTIONS if (e, p) not in parts]
+        if missing:
+            raise KeyError(f"the checkpoint lacks {len(missing)} expert weight(s): {', '.join(missing[:5])}")
+        out[f"{prefix}.gate_up_proj"] = torch.stack([torch.cat([parts.pop((e, "gate_proj")), parts.pop((e, "up_proj"))])
+                                                     for e in range(n)])
+        out[f"{prefix}.down_proj"] = torch.stack([parts.pop((e, "down_proj")) for e in range(n)])
+    return out
+
+
+def split_experts(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The inverse of `fuse_experts`: stacked experts back to one gate/up/down Linear weight each (views)."""
+    out: dict[str, Tensor] = {}
+    for name, t in state.items():
+        prefix, _, leaf = name.rpartition(".")
+        if prefix.endswith(".mlp.experts") and leaf == "gate_up_proj":
+            for e, w in enumerate(t):
+                out[f"{prefix}.{e}.gate_proj.weight"], out[f"{prefix}.{e}.up_proj.weight"] = w.chunk(2)
+        elif prefix.endswith(".mlp.experts") and leaf == "down_proj":
+            for e, w in enumerate(t):
+                out[f"{prefix}.{e}.down_proj.weight"] = w
+        else:
+            out[name] = t
     return out

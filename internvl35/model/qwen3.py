@@ -1,7 +1,8 @@
 """Qwen3 dense and Qwen3-MoE decoders (the InternVL3.5 language models).
 
-Parameter names follow the checkpoints (`model.layers.{i}.self_attn.q_proj`, `mlp.experts.{e}.gate_proj`,
-`mlp.gate`), prefixed by `language_model.` in the full model.
+Parameter names follow the checkpoints (`model.layers.{i}.self_attn.q_proj`, `mlp.gate`), prefixed by
+`language_model.` in the full model; the one exception is a MoE layer's experts, held stacked
+(`mlp.experts.gate_up_proj`, `mlp.experts.down_proj`; `keymap.fuse_experts` maps the checkpoints' per-expert names).
 """
 
 from __future__ import annotations
@@ -80,6 +81,33 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(gate) * up)
 
 
+class Experts(nn.Module):
+    """E SwiGLU experts, stacked: gate_up_proj (E, 2I, D) holds each expert's gate_proj rows then its up_proj rows,
+    down_proj (E, D, I). Checkpoints keep one Linear per expert; `keymap.fuse_experts` stacks them on load.
+
+    All experts run as two grouped matrix products (`F.grouped_mm`) over the (token, expert) pairs sorted by
+    expert, whose group boundaries never leave the device. A loop over the chosen experts needs each expert's
+    tokens on the host: a sync per expert per layer (9 a layer for a decode step of a 128-expert top-8 model),
+    which on a GPU stalls the launch queue at every one.
+    """
+
+    def __init__(self, num_experts: int, hidden: int, inter: int) -> None:
+        super().__init__()
+        self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * inter, hidden))
+        self.down_proj = nn.Parameter(torch.empty(num_experts, hidden, inter))
+
+    def forward(self, x: Tensor, chosen: Tensor, weights: Tensor) -> Tensor:
+        """x (N, D), chosen (N, k) expert ids, weights (N, k) -> (N, D): each token's weighted sum of its experts."""
+        k = chosen.shape[1]
+        experts, order = chosen.flatten().sort(stable=True)  # (N*k,) pairs grouped by expert
+        token = order // k
+        group_ends = torch.arange(1, self.gate_up_proj.shape[0] + 1, device=x.device)
+        offs = torch.searchsorted(experts, group_ends, right=False).to(torch.int32)  # pairs with expert < e + 1
+        gate, up = F.grouped_mm(x[token], self.gate_up_proj.transpose(1, 2), offs=offs).chunk(2, dim=-1)
+        y = F.grouped_mm(F.silu(gate) * up, self.down_proj.transpose(1, 2), offs=offs)
+        return torch.zeros_like(x).index_add_(0, token, y * weights.flatten()[order, None])
+
+
 class MoE(nn.Module):
     """Router Linear(D, E) + E SwiGLU experts; softmax, top-k, optional renormalisation; no shared expert."""
 
@@ -87,7 +115,7 @@ class MoE(nn.Module):
         super().__init__()
         self.top_k, self.norm_topk_prob = cfg.num_experts_per_tok, cfg.norm_topk_prob
         self.gate = Linear(cfg.hidden_size, cfg.num_experts, bias=False)
-        self.experts = nn.ModuleList(MLP(cfg.hidden_size, cfg.moe_intermediate_size) for _ in range(cfg.num_experts))
+        self.experts = Experts(cfg.num_experts, cfg.hidden_size, cfg.moe_intermediate_size)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x (B, T, D) -> (output (B, T, D), router logits (B*T, E))."""
@@ -98,13 +126,7 @@ class MoE(nn.Module):
         weights, chosen = probs.topk(self.top_k, dim=-1)  # (N, k)
         if self.norm_topk_prob:
             weights = weights / weights.sum(-1, keepdim=True)
-        weights = weights.to(x.dtype)
-        out = torch.zeros_like(x)
-        # Loop over experts that received tokens: one gather/scatter each, no per-token Python.
-        for e in chosen.unique().tolist():
-            token, slot = (chosen == e).nonzero(as_tuple=True)
-            out.index_add_(0, token, self.experts[e](x[token]) * weights[token, slot, None])
-        return out.view(shape), logits
+        return self.experts(x, chosen, weights.to(x.dtype)).view(shape), logits
 
 
 class DecoderLayer(nn.Module):
