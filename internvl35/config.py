@@ -103,6 +103,10 @@ class TextConfig:
             _require(0 < self.num_experts_per_tok <= self.num_experts,
                      f"text num_experts_per_tok={self.num_experts_per_tok} must be in 1..num_experts={self.num_experts}")
             _require(self.decoder_sparse_step > 0, f"text decoder_sparse_step must be positive, got {self.decoder_sparse_step}")
+            # The experts run as grouped matmuls (`qwen3.Experts`), whose kernels need rows of a multiple of 16 bytes.
+            _require(self.hidden_size % 8 == 0 and self.moe_intermediate_size % 8 == 0,
+                     f"text hidden_size={self.hidden_size} and moe_intermediate_size={self.moe_intermediate_size} must be "
+                     "multiples of 8 for the grouped expert matmuls")
         object.__setattr__(self, "mlp_only_layers", tuple(self.mlp_only_layers))
 
     @property

@@ -150,10 +150,7 @@ class ModelRunner:
         slots = self._tensor([s.slot for s, n in zip(seqs, lens) for _ in range(n)])
         attn.cache = self.cache.prefill(slots, attn.positions[0])
         parts = [s.image_features for s in seqs if s.image_features is not None]
-        images = None
-        if parts:
-            images = ImageFeatures.concat(parts)
-            images = ImageFeatures(images.embeds.to(self.device), images.tokens_per_tile)
+        images = ImageFeatures.concat(parts, self.device) if parts else None
         ends = torch.tensor(lens, device=self.device).cumsum(0) - 1
         out = self.model(ids, image_features=images, attn=attn, logits_at=ends[None])
         return out.logits[0]

@@ -144,5 +144,4 @@ def _features(model: InternVLModel, images: list[Image]) -> ImageFeatures | None
     parts = [next(encoded) if isinstance(x, Tensor) else x for x in images if x is not None]
     if not parts:
         return None
-    feats = ImageFeatures.concat(parts)
-    return ImageFeatures(feats.embeds.to(device), feats.tokens_per_tile)
+    return ImageFeatures.concat(parts, device)

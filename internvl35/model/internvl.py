@@ -44,8 +44,12 @@ class ImageFeatures:
         return self.embeds.shape[0]
 
     @staticmethod
-    def concat(parts: list[ImageFeatures]) -> ImageFeatures:
-        return ImageFeatures(torch.cat([p.embeds for p in parts]), tuple(t for p in parts for t in p.tokens_per_tile))
+    def concat(parts: list[ImageFeatures], device: torch.device | str | None = None) -> ImageFeatures:
+        """One ImageFeatures of `parts` in order, on `device` (default: the first part's). Parts may come from
+        different devices: features a client computed (e.g. a vision server's, on the CPU) next to ones encoded here."""
+        device = parts[0].embeds.device if device is None else device
+        return ImageFeatures(torch.cat([p.embeds.to(device) for p in parts]),
+                             tuple(t for p in parts for t in p.tokens_per_tile))
 
     def split(self, tiles: list[int]) -> list[ImageFeatures]:
         """Inverse of concat: consecutive groups of `tiles[i]` tiles (e.g. one group per request)."""
@@ -79,8 +83,8 @@ class InternVLModel(nn.Module):
 
     def encode_images(self, pixels: Tensor) -> ImageFeatures:
         """pixel tiles (N, 3, H, W) -> ImageFeatures with `tokens_per_tile` rows per tile."""
-        dtype = self.mlp1[1].weight.dtype
-        feats = self.vision_model(pixels.to(dtype), self.config.vision_layers_used)  # (N, g*g, C)
+        weight = self.mlp1[1].weight
+        feats = self.vision_model(pixels.to(weight.device, weight.dtype), self.config.vision_layers_used)  # (N, g*g, C)
         feats = self.mlp1(pixel_shuffle(feats, self.config.downsample_ratio))  # (N, t, D)
         N, t, D = feats.shape
         return ImageFeatures(feats.reshape(N * t, D), (t,) * N)
@@ -101,7 +105,7 @@ class InternVLModel(nn.Module):
                              f"in the input, {n_feats} feature rows")
         if n_feats:
             mask = (input_ids == self.image_token_id)[..., None]
-            embeds = embeds.masked_scatter(mask, images.embeds.to(embeds.dtype))
+            embeds = embeds.masked_scatter(mask, images.embeds.to(embeds.device, embeds.dtype))
         return embeds
 
     def forward(

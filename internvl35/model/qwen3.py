@@ -16,6 +16,9 @@ from internvl35.model.attention import AttentionInput, segment_attention
 from internvl35.model.linear import Linear, PackedWeight, grouped_linear, linear
 from internvl35.model.norm import RMSNorm
 
+# Releases before the public name have the same op as torch._grouped_mm (a CPU kernel from 2.9, pyproject's floor).
+grouped_mm = getattr(F, "grouped_mm", None) or torch._grouped_mm
+
 
 def rope_cos_sin(positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """cos and signed sin tables (B, 1, T, hd), computed in fp32 and cast once to the model dtype.
@@ -85,7 +88,7 @@ class Experts(nn.Module):
     """E SwiGLU experts, stacked: gate_up_proj (E, 2I, D) holds each expert's gate_proj rows then its up_proj rows,
     down_proj (E, D, I). Checkpoints keep one Linear per expert; `keymap.fuse_experts` stacks them on load.
 
-    All experts run as two grouped matrix products (`F.grouped_mm`) over the (token, expert) pairs sorted by
+    All experts run as two grouped matrix products (`grouped_mm`) over the (token, expert) pairs sorted by
     expert, whose group boundaries never leave the device. A loop over the chosen experts needs each expert's
     tokens on the host: a sync per expert per layer (9 a layer for a decode step of a 128-expert top-8 model),
     which on a GPU stalls the launch queue at every one.
@@ -103,8 +106,8 @@ class Experts(nn.Module):
         token = order // k
         group_ends = torch.arange(1, self.gate_up_proj.shape[0] + 1, device=x.device)
         offs = torch.searchsorted(experts, group_ends, right=False).to(torch.int32)  # pairs with expert < e + 1
-        gate, up = F.grouped_mm(x[token], self.gate_up_proj.transpose(1, 2), offs=offs).chunk(2, dim=-1)
-        y = F.grouped_mm(F.silu(gate) * up, self.down_proj.transpose(1, 2), offs=offs)
+        gate, up = grouped_mm(x[token], self.gate_up_proj.transpose(1, 2), offs=offs).chunk(2, dim=-1)
+        y = grouped_mm(F.silu(gate) * up, self.down_proj.transpose(1, 2), offs=offs)
         return torch.zeros_like(x).index_add_(0, token, y * weights.flatten()[order, None])
 
 

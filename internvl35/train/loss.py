@@ -77,7 +77,7 @@ def class_balanced_weights(words: list[Tensor]) -> tuple[list[Tensor], Tensor]:
     if not words:
         return [], torch.tensor(0.0)
     known = torch.cat([w[w != IGNORE_INDEX] for w in words])
-    counts = torch.bincount(known) if known.numel() else torch.zeros(0, dtype=torch.long)
+    counts = torch.bincount(known) if known.numel() else torch.zeros(0, dtype=torch.long, device=known.device)
     weights = [torch.where(w != IGNORE_INDEX, 1.0 / counts[w.clamp_min(0)].clamp_min(1).float(), 0.0) for w in words]
     return weights, torch.tensor(float((counts > 0).sum()))
 

@@ -8,7 +8,7 @@ model takes: ids (B, T), targets, weights, per-sample positions and the sample l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -39,6 +39,13 @@ class Batch:
     pixel_values: Tensor | None  # all tiles, in row-major order of their placeholders
     num_tokens: int  # real (non-padding) tokens
     image_words: Tensor | None = None  # (B, T) like targets, from the examples' image_words; None if none has any
+
+    def to(self, device: torch.device | str) -> Batch:
+        """The batch on `device` (collate builds it on the CPU; the model may live on a GPU)."""
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        attn = replace(self.attn, positions=move(self.attn.positions), mask=move(self.attn.mask))
+        return replace(self, input_ids=move(self.input_ids), targets=move(self.targets), weights=move(self.weights),
+                       attn=attn, pixel_values=move(self.pixel_values), image_words=move(self.image_words))
 
 
 def pack(examples: list[TrainExample], max_tokens: int) -> list[list[TrainExample]]:

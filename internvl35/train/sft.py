@@ -127,6 +127,8 @@ def micro_batches(examples: list[TrainExample], cfg: SFTConfig, pad_id: int = 0)
 def train_step(model: InternVLModel, opt: torch.optim.Optimizer, batches: list[Batch], lr: float, grad_clip: float,
                anchor_weight: float = 0.0) -> dict:
     """One optimizer step over all micro-batches of a global batch; returns metrics."""
+    device = next(model.parameters()).device
+    batches = [b.to(device) for b in batches]
     denominator = global_weight_sum(torch.stack([b.weights.sum() for b in batches]))
     anchored = [_anchor_words(model, b) if anchor_weight else None for b in batches]
     anchor_weights, words_present = class_balanced_weights([w for w in anchored if w is not None])

@@ -115,7 +115,7 @@ TokenLoss = Callable[[Tensor, Tensor], Tensor]  # pixels (B, 3, S, S), labels (B
 
 def dense_ce(logits: Tensor, labels: Tensor, background_weight: float) -> Tensor:
     """Cross-entropy of token labels, the background down-weighted (most tokens are background)."""
-    class_weight = torch.ones(logits.shape[-1])
+    class_weight = torch.ones(logits.shape[-1], device=logits.device)
     class_weight[LABEL_ID["background"]] = background_weight
     return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), weight=class_weight)
 
@@ -124,12 +124,13 @@ def _train_dense(cfg: VisionPretrainConfig, params: list[Tensor], token_loss: To
                  cell: int, desc: str) -> float:
     """The loop both stages share: a loss of token labels on train scenes; returns the last loss."""
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95), fused=True)
+    device = params[0].device
     loss = torch.tensor(float("nan"))
     bar = tqdm(range(cfg.steps), disable=not cfg.progress, desc=desc, unit="step")
     for step in bar:
         seeds = list(range(step * cfg.batch_size, (step + 1) * cfg.batch_size))
         pixels, labels = dense_batch(seeds, cfg.families, image_size, cell)
-        loss = token_loss(pixels, labels)
+        loss = token_loss(pixels.to(device), labels.to(device))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         for group in opt.param_groups:
@@ -147,7 +148,7 @@ def evaluate_dense(token_logits: TokenLogits, families: tuple[str, ...], image_s
     of each family."""
     seeds = list(range(TEST_SEED_START, TEST_SEED_START + n))
     pixels, labels = dense_batch(seeds, families, image_size, cell)
-    pred = token_logits(pixels).argmax(-1)
+    pred = token_logits(pixels).argmax(-1).cpu()
     right, covered = pred == labels, labels > 0
     out = {"token_accuracy": float(right.float().mean()),
            "object_token_accuracy": float(right[covered].float().mean())}
@@ -163,10 +164,11 @@ def pretrain_vision(vit: InternViT, cfg: VisionPretrainConfig, downsample_ratio:
 
     downsample_ratio: the model's pixel shuffle, so the head labels exactly the tokens the LLM gets.
     """
-    head = nn.Linear(_token_dim(vit, downsample_ratio), labels_in_use(cfg.families))
+    weight = next(vit.parameters())
+    head = nn.Linear(_token_dim(vit, downsample_ratio), labels_in_use(cfg.families)).to(weight.device, weight.dtype)
 
     def token_logits(pixels: Tensor) -> Tensor:
-        return head(pixel_shuffle(vit(pixels), downsample_ratio))
+        return head(pixel_shuffle(vit(pixels.to(weight.device, weight.dtype)), downsample_ratio))
 
     size, cell = vit.config.image_size, token_px(vit.config.patch_size, downsample_ratio)
     t0 = time.perf_counter()
@@ -287,9 +289,11 @@ def projected_tokens(model: InternVLModel) -> Callable[[Tensor], Tensor]:
     """Pixels -> image tokens as the language model gets them, through the frozen ViT and the trainable mlp1."""
     vit, ratio = model.vision_model, model.config.downsample_ratio
 
+    weight = next(vit.parameters())
+
     def tokens(pixels: Tensor) -> Tensor:
         with torch.no_grad():
-            feats = pixel_shuffle(vit(pixels), ratio)
+            feats = pixel_shuffle(vit(pixels.to(weight.device, weight.dtype)), ratio)
         return model.mlp1(feats)
 
     return tokens
@@ -316,8 +320,10 @@ def align_projector(model: InternVLModel, tokenizer: ChatTokenizer, cfg: AlignCo
     if lm.lm_head is not None:
         raise ValueError("projector alignment needs tied word embeddings (tie_word_embeddings=True)")
     vit = model.vision_model
-    words, exact, mixture, own = label_words(tokenizer), exact_labels(tokenizer), label_mixture(tokenizer), \
-        own_labels(tokenizer)
+    head_weight = lm.output_weight
+    words, exact, own = (t.to(head_weight.device) for t in (label_words(tokenizer), exact_labels(tokenizer),
+                                                        own_labels(tokenizer)))
+    mixture = label_mixture(tokenizer).to(head_weight.device, head_weight.dtype)
     used = labels_in_use(cfg.families)
     tokens = projected_tokens(model)
 
