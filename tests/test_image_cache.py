@@ -98,6 +98,18 @@ def test_least_recently_used_entries_go_first_within_the_byte_budget():
     assert len(cache) == 3
 
 
+def test_a_kept_entry_holds_only_its_own_features():
+    """An image's features are a view into its batch's; the cache must not keep the whole batch alive."""
+    cache = ImageFeatureCache(max_bytes=1 << 20)
+    batch = _features(10 + 20 + 30)
+    part = ImageFeatures(batch.embeds[10:30], (20,))
+    key = cache.key(torch.ones(1, 3, 2, 2), ("v",))
+    cache.put(key, part)
+    kept = cache.get(key)
+    assert torch.equal(kept.embeds, part.embeds)
+    assert kept.embeds.untyped_storage().nbytes() == cache.bytes == part.embeds.numel() * part.embeds.element_size()
+
+
 def test_keys_tell_apart_dtype_shape_and_content():
     cache = ImageFeatureCache(1 << 20)
     x = torch.zeros(2, 3, 4, 4)

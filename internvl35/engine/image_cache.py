@@ -43,4 +43,7 @@ class ImageFeatureCache(WeightBoundLRU[ImageFeatures]):
         return self.lookup(key)
 
     def put(self, key: CacheKey, features: ImageFeatures) -> None:
-        self.insert(key, features, features.embeds.numel() * features.embeds.element_size())
+        """Keep a copy of `features`: they are often a view into a whole batch's features, which the view would
+        keep alive beyond the bytes counted against the budget."""
+        kept = ImageFeatures(features.embeds.clone(), features.tokens_per_tile)
+        self.insert(key, kept, kept.embeds.numel() * kept.embeds.element_size())
