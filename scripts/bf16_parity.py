@@ -1,6 +1,6 @@
 """How far bf16 logits land from fp32 ones, ours against transformers, on the generation benchmark's weights.
 
-    python scripts/bf16_parity.py
+    python scripts/bf16_parity.py [--device cuda]
 
 Builds bench/generate.py's random ~70M-parameter InternVL in transformers (fp32, the reference), loads the same
 weights into ours in bf16 and fp32, and compares the logits of the last 8 positions of a 1-tile prompt with the
@@ -10,6 +10,7 @@ bf16 runs may still differ where a top-2 gap is below bf16 rounding, which the l
 
 from __future__ import annotations
 
+import argparse
 import copy
 import sys
 import tempfile
@@ -28,14 +29,18 @@ from internvl35.model.attention import causal_input  # noqa: E402
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    device = parser.parse_args().device
     torch.set_num_threads(2)
-    reference = bench.hf_model("cpu", torch.float32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # a true fp32 reference on a GPU
+    reference = bench.hf_model(device, torch.float32).to(device)
     with tempfile.TemporaryDirectory() as tmp:
         reference.save_pretrained(tmp)
-        ours = {dtype: load_model(tmp, dtype=dtype) for dtype in (torch.float32, torch.bfloat16)}
+        ours = {dtype: load_model(tmp, dtype=dtype, device=device) for dtype in (torch.float32, torch.bfloat16)}
     theirs_bf16 = copy.deepcopy(reference).to(torch.bfloat16)
-    ids = torch.tensor([bench.prompt(24, 1, seed=0)])
-    pixels = bench.pixels(1, seed=0)
+    ids = torch.tensor([bench.prompt(24, 1, seed=0)], device=device)
+    pixels = bench.pixels(1, seed=0).to(device)
     with torch.inference_mode():
         ref = reference(input_ids=ids, pixel_values=pixels).logits[0, -8:].float()
         theirs = theirs_bf16(input_ids=ids, pixel_values=pixels.bfloat16()).logits[0, -8:].float()
@@ -43,7 +48,7 @@ def main() -> None:
         def our_logits(dtype: torch.dtype) -> torch.Tensor:
             model = ours[dtype]
             feats = model.encode_images(pixels.to(dtype))
-            return model(ids, image_features=feats, attn=causal_input(1, ids.shape[1])).logits[0, -8:].float()
+            return model(ids, image_features=feats, attn=causal_input(1, ids.shape[1], device)).logits[0, -8:].float()
 
         for name, logits in (("ours fp32", our_logits(torch.float32)), ("ours bf16", our_logits(torch.bfloat16)),
                              ("transformers bf16", theirs)):
