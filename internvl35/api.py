@@ -11,6 +11,7 @@ One engine per model serves chat, batched chat and raw generation; the CLI calls
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from os import PathLike
 from pathlib import Path
 
 import torch
@@ -89,6 +90,9 @@ class InternVL:
             frames = load_video_frames(video, num_segments=num_frames)
             return build_inputs(self.tokenizer, self.config, question, frames, history=history, system=system,
                                 thinking=thinking, video=True)
+        if isinstance(images, (str, bytes, PathLike)) or not isinstance(images, Sequence):
+            raise ValueError(f"images must be a list of images (paths or PIL images), got {type(images).__name__}; "
+                             "for one image pass [image]")
         loaded = [load_image(im) for im in images]
         return build_inputs(self.tokenizer, self.config, question, loaded, history=history, system=system,
                             thinking=thinking)
@@ -136,13 +140,17 @@ class InternVL:
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None,
                  pixel_values: Sequence[Tensor | None] | None = None, progress: bool = False) -> list[list[int]]:
         """Raw generation over token ids (pixel tiles per prompt optional); returns the new token ids."""
-        pixel_values = pixel_values or [None] * len(prompts)
+        pixel_values = pixel_values if pixel_values is not None else [None] * len(prompts)
+        if len(pixel_values) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(pixel_values)} pixel_values entries")
         params = params or SamplingParams()
         requests = [Request(list(p), params, pixel_values=px) for p, px in zip(prompts, pixel_values)]
         return [out.token_ids for out in self.engine.generate(requests, progress=progress)]
 
     def logprobs(self, prompts: Sequence[ModelInputs], responses: Sequence[Sequence[int]]) -> list[Tensor]:
         """Per-token log p(response_t | prompt, response_<t) of each response, in one batched forward."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         sequences = [(list(p.input_ids) + list(r), len(p.input_ids)) for p, r in zip(prompts, responses)]
         return score(self.model, sequences, [p.pixel_values for p in prompts])
 

@@ -48,9 +48,16 @@ def weight_files(directory: Path) -> list[Path]:
     index = directory / INDEX_NAME
     if index.exists():
         try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError) as e:
-            raise CheckpointError(f"{index} is not a valid safetensors index: {e}") from e
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{index} is not a valid safetensors index: {e!r}") from e
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: weight_map must map tensor names to shard file names")
+        shards = sorted(set(weight_map.values()))
+        # Shards are files of this directory: an index must not make the loader read files elsewhere.
+        outside = [s for s in shards if Path(s).name != s or s in (".", "..")]
+        if outside:
+            raise CheckpointError(f"{index} names shard(s) outside the checkpoint directory: {', '.join(outside)}")
         missing = [s for s in shards if not (directory / s).exists()]
         if missing:
             raise CheckpointError(f"{index} names shard(s) that do not exist: {', '.join(missing)}")
@@ -173,7 +180,18 @@ def save_checkpoint(model: InternVLModel, directory: str | Path, layout: str = "
             weight_map.update(dict.fromkeys(shard, name))
         total = sum(t.numel() * t.element_size() for t in state.values())
         atomic_write_text(directory / INDEX_NAME, json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    _remove_stale_weights(directory, {"model.safetensors"} if len(shards) == 1 else {INDEX_NAME, *weight_map.values()})
     model.config.save(directory, layout)
+
+
+def _remove_stale_weights(directory: Path, written: set[str]) -> None:
+    """Delete the weight files of a checkpoint written here before that this one does not use: an old index would
+    win over a new single file (`weight_files`), and old shards would linger. The index goes first, so that a
+    reader meanwhile sees either the old index with its shards or the new files."""
+    stale = [p for p in (directory / INDEX_NAME, directory / "model.safetensors", *directory.glob("model-*-of-*.safetensors"))
+             if p.name not in written and p.exists()]
+    for path in sorted(stale, key=lambda p: p.name != INDEX_NAME):
+        path.unlink()
 
 
 def convert_checkpoint(src: str | Path, dst: str | Path, layout: str, max_shard_bytes: int = 5 * 2**30) -> None:

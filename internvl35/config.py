@@ -191,10 +191,15 @@ class InternVLConfig:
         if not file.exists():
             raise ConfigError(f"no config.json found at {file}")
         try:
-            raw = json.loads(file.read_text())
-        except json.JSONDecodeError as e:
+            raw = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{file} is not valid JSON: {e}") from e
-        return cls.from_dict(raw)
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{file} must hold a JSON object, got {type(raw).__name__}")
+        try:
+            return cls.from_dict(raw)
+        except (TypeError, AttributeError, KeyError) as e:  # a field of the wrong JSON type: null, a string, a list
+            raise ConfigError(f"{file} has a field of the wrong type: {e}") from e
 
     def save(self, path: str | Path, layout: str = "original") -> None:
         path = Path(path)

@@ -129,6 +129,9 @@ def build_messages(
         system = THINKING_SYSTEM_PROMPT if thinking else DEFAULT_SYSTEM_PROMPT
     messages = [Message("system", system)]
     for item in history:
+        if not isinstance(item, Message) and not (isinstance(item, (tuple, list)) and len(item) == 2
+                                                  and all(isinstance(t, str) for t in item)):
+            raise ValueError(f"a history item must be a Message or a (question, answer) pair of strings, got {item!r:.80}")
         turns = [item] if isinstance(item, Message) else [Message("user", item[0]), Message("assistant", item[1])]
         if any(m.role == "system" for m in turns):
             raise ValueError("history holds user/assistant turns; the system prompt is the `system` argument")

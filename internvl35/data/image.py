@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_PIXELS = 64_000_000  # 64 megapixels: 8000 x 8000; far above what 12 tiles of 448 can use
+MAX_FILE_BYTES = 256 * 2**20  # read before decoding; 64 MP of uncompressed 32-bit pixels fit in 256 MiB
 _EXIF_ORIENTATION = 0x0112
 _SIGNATURES = {  # magic bytes of the formats we expect, to tell "truncated X" from "not an image"
     b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF",
@@ -100,6 +101,11 @@ def _read_source(source: str | Path | bytes | bytearray | memoryview) -> tuple[b
         raise ImageError(f"image file not found: {path}")
     if path.is_dir():
         raise ImageError(f"expected an image file, got a directory: {path}")
+    if not path.is_file():  # a FIFO would block the read forever, /dev/zero would never end
+        raise ImageError(f"expected a regular image file, got a special file: {path}")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise ImageError(f"image file too large: {path} is {path.stat().st_size:,} bytes, over the "
+                         f"{MAX_FILE_BYTES:,}-byte limit")
     try:
         data = path.read_bytes()
     except OSError as e:

@@ -122,6 +122,16 @@ def _without_added_tokens(tok: Tokenizer) -> Tokenizer:
     return Tokenizer.from_str(json.dumps(data))
 
 
+def _check_unicode(text: str) -> None:
+    """Text must be encodable as UTF-8: a lone surrogate (how Python passes on undecodable bytes of a command line
+    or a file read with errors="surrogateescape") would otherwise fail deep in the tokenizer."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"the text is not valid UTF-8 (an undecodable byte or lone surrogate at character "
+                         f"{e.start}): {text[max(0, e.start - 20):e.start + 20]!r}") from None
+
+
 class ChatTokenizer:
     """The project's tokenizer: ids of the InternVL tokens, safe and trusted encoders, decoding."""
 
@@ -143,6 +153,18 @@ class ChatTokenizer:
 
     @classmethod
     def from_dir(cls, path: str | Path) -> ChatTokenizer:
+        """`_from_dir`, with a malformed file reported as a ValueError that names the directory."""
+        try:
+            return cls._from_dir(path)
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError, KeyError) as e:
+            raise ValueError(f"{path}: the tokenizer files cannot be read: {e!r}") from e
+        except Exception as e:  # the tokenizers library raises plain Exception for a malformed tokenizer.json
+            if type(e) is not Exception:
+                raise
+            raise ValueError(f"{path}/tokenizer.json cannot be read: {e}") from e
+
+    @classmethod
+    def _from_dir(cls, path: str | Path) -> ChatTokenizer:
         """Load `tokenizer.json`, or `vocab.json` + `merges.txt` (Qwen2-style byte-level BPE), then add
         the tokens that `tokenizer_config.json` / `special_tokens_map.json` declare."""
         path = Path(path)
@@ -219,6 +241,7 @@ class ChatTokenizer:
         bad = STRUCTURAL_TOKENS.intersection(allow)
         if bad:
             raise ValueError(f"structural tokens can never come from text: {sorted(bad)}")
+        _check_unicode(text)
         allowed = {t: self._added[t] for t in allow if t in self._added}
         if allowed:
             pattern = "(" + "|".join(re.escape(t) for t in sorted(allowed, key=len, reverse=True)) + ")"

@@ -168,23 +168,36 @@ class Engine:
     # ---- run to completion -----------------------------------------------------------------------------
 
     def generate(self, requests: list[Request], progress: bool = False) -> list[RequestOutput]:
-        """Run the requests to completion (alongside any already in flight); outputs in input order."""
-        ids = [self.add_request(r) for r in requests]
-        pending, done = set(ids), {}
-        bar = _progress(len(ids)) if progress else None
+        """Run the requests to completion (alongside any already in flight); outputs in input order.
+
+        All requests are checked before any is added, and if the call ends early (an error, Ctrl-C) its unfinished
+        requests are aborted: none is left to run on, unseen, inside a later call.
+        """
+        for request in requests:
+            self._validate(request)
+        ids: list[int] = []
+        pending: set[int] = set()
+        done: dict[int, RequestOutput] = {}
+        bar = _progress(len(requests)) if progress else None
         tokens, start = 0, time.perf_counter()
-        while pending:
-            for out in self.step():
-                tokens += len(out.new_token_ids)
-                if out.finished and out.request_id in pending:
-                    pending.discard(out.request_id)
-                    done[out.request_id] = out
-                    if bar is not None:
-                        bar.update(1)
+        try:
+            ids = [self.add_request(r) for r in requests]
+            pending.update(ids)
+            while pending:
+                for out in self.step():
+                    tokens += len(out.new_token_ids)
+                    if out.finished and out.request_id in pending:
+                        pending.discard(out.request_id)
+                        done[out.request_id] = out
+                        if bar is not None:
+                            bar.update(1)
+                if bar is not None:
+                    bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.1f}")
+        finally:
+            for rid in [i for i in ids if i not in done]:
+                self.abort(rid)
             if bar is not None:
-                bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.1f}")
-        if bar is not None:
-            bar.close()
+                bar.close()
         return [done[i] for i in ids]
 
     def stream(self, request: Request) -> Iterator[list[int]]:

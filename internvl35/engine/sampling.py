@@ -15,6 +15,9 @@ import torch
 from torch import Tensor
 
 
+MIN_TEMPERATURE = 1e-4
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How one request is decoded.
@@ -49,7 +52,8 @@ class SamplingParams:
             (all(isinstance(s, str) and s for s in self.stop), f"stop strings must be non-empty strings, got {self.stop!r}"),
             (all(_is_int(t) and t >= 0 for t in self.stop_token_ids),
              f"stop_token_ids must be integers >= 0, got {self.stop_token_ids!r}"),
-            (self.seed is None or _is_int(self.seed), f"seed must be an integer or None, got {self.seed!r}"),
+            (self.seed is None or (_is_int(self.seed) and 0 <= self.seed < 2**63),
+             f"seed must be an integer in [0, 2**63) or None, got {self.seed!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -84,7 +88,9 @@ def sample(logits: Tensor, params: Sequence[SamplingParams], generators: Sequenc
     rows = [i for i, p in enumerate(params) if not p.greedy]
     sub = logits[rows].float()  # (R, V)
     V = sub.shape[-1]
-    temp = torch.tensor([params[i].temperature for i in rows], device=sub.device)[:, None]
+    # A temperature near 0 would overflow logits / T to inf (and softmax to NaN); below 1e-4 the distribution is
+    # greedy to float32 precision anyway for any logit gap above ~1e-2.
+    temp = torch.tensor([max(params[i].temperature, MIN_TEMPERATURE) for i in rows], device=sub.device)[:, None]
     top_k = torch.tensor([params[i].top_k or V for i in rows], device=sub.device)[:, None]
     top_p = torch.tensor([params[i].top_p for i in rows], device=sub.device)[:, None]
     sorted_logits, order = (sub / temp).sort(dim=-1, descending=True)

@@ -54,10 +54,13 @@ def score(model: InternVLModel, sequences: list[tuple[list[int], int]], images: 
     images = list(images) if images is not None else [None] * len(sequences)
     if len(images) != len(sequences):
         raise ValueError(f"score: {len(images)} image entries for {len(sequences)} sequences")
+    vocab = model.config.text.vocab_size
     for ids, start in sequences:
         if not 1 <= start <= len(ids):
             raise ValueError(f"score: response_start={start} must be in 1..len(ids)={len(ids)} "
                              "(the first token has no prediction)")
+        if any(not isinstance(t, int) or not 0 <= t < vocab for t in ids):
+            raise ValueError(f"score: token ids must be ints in [0, {vocab})")
     rows = _rows(sequences, images, share_prompts)
     device = next(model.parameters()).device
     pad = 0 if model.config.image_token_id != 0 else 1
