@@ -15,15 +15,22 @@ User errors print one line (`error: ...`) and exit with status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import codecs
+import io
 import json
+import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from internvl35.data.tokenizer import check_utf8
+from internvl35.engine.engine import Request, RequestOutput
 from internvl35.engine.sampling import SamplingParams
 from internvl35.train.sft import PARTS
 
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, PermissionError, IsADirectoryError)
+QUESTION_KEYS = ("question", "images", "thinking")  # a generate row's keys, unless it is {"input_ids"} alone
 
 
 def _params(args: argparse.Namespace, thinking: bool = False) -> SamplingParams:
@@ -38,12 +45,29 @@ def _load(model: str | None, device: str, dtype: str):
     return InternVL.from_pretrained(model, device=device, dtype=dtype)
 
 
+def _check_destination(path: str, kind: str) -> None:
+    """Fail before the model loads if `path` cannot be written as a 'file' or a 'directory', so a long run is
+    not lost to a late error. Missing parent directories are fine: the atomic writes create them."""
+    target = Path(path)
+    if kind == "file" and target.is_dir():
+        raise ValueError(f"output {path} is a directory; give a file path")
+    if kind == "directory" and target.exists() and not target.is_dir():
+        raise ValueError(f"destination {path} exists and is not a directory")
+    ancestor = next(a for a in target.absolute().parents if a.exists())
+    if not ancestor.is_dir():
+        raise ValueError(f"cannot write {path}: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {path}: no write permission in {ancestor}")
+
+
 # ---- subcommands -----------------------------------------------------------------------------------------
 
 
 def chat(question: str | None, images: Sequence[str], video: str | None, thinking: bool, params: SamplingParams,
          model: str | None = None, device: str = "cpu", dtype: str = "auto", num_frames: int = 8) -> None:
     """One-shot answer (streamed) when a question is given, else an interactive REPL with history."""
+    if question is not None:
+        check_utf8(question, "the question")
     vl = _load(model, device, dtype)
     kw = {"video": video, "num_frames": num_frames} if video else {}
     if question is not None:
@@ -55,9 +79,13 @@ def chat(question: str | None, images: Sequence[str], video: str | None, thinkin
 
 
 def _repl(vl, images: Sequence[str], thinking: bool, params: SamplingParams) -> None:
+    pending = [_checked_image(path) for path in images]
     print("internvl35 chat: type a question; /image PATH adds an image, /reset clears, /quit exits.")
+    if isinstance(sys.stdin, io.TextIOWrapper):
+        # Decoded strictly, one bad byte fails the whole buffered chunk (the piped lines after it too);
+        # with surrogateescape it arrives as one line that _check_text reports.
+        sys.stdin.reconfigure(errors="surrogateescape")
     history: list[tuple[str, str]] = []
-    pending = list(images)
     shown: list[str] = []
     while True:
         try:
@@ -70,21 +98,32 @@ def _repl(vl, images: Sequence[str], thinking: bool, params: SamplingParams) -> 
         if line == "/reset":
             history, pending, shown = [], [], []
             continue
-        if line.startswith("/image "):
-            pending.append(line.split(" ", 1)[1].strip())
-            continue
         if not line:
             continue
         try:
-            if pending and history:
-                raise ValueError("images can only be added before the first question; /reset to start over")
-            if pending:  # images belong to the first turn, as in InternVL's multi-turn chat
-                shown, pending = pending, []
-            answer = "".join(_echo(vl.stream_chat(line, shown, params=params, thinking=thinking, history=history)))
+            if line.startswith("/image "):
+                if history:
+                    raise ValueError("images can only be added before the first question; /reset to start over")
+                pending.append(_checked_image(line.split(" ", 1)[1].strip()))
+                continue
+            check_utf8(line, "the line")
+            # Images belong to the first turn, as in InternVL's multi-turn chat; they join the session only
+            # once that turn succeeds, so a failed turn leaves nothing behind that fails the next one.
+            turn_images = pending or shown
+            answer = "".join(_echo(vl.stream_chat(line, turn_images, params=params, thinking=thinking, history=history)))
             print()
-            history.append((line if history else _with_placeholders(line, len(shown)), answer))
+            history.append((line if history else _with_placeholders(line, len(turn_images)), answer))
+            shown, pending = turn_images, []
         except USER_ERRORS as e:
             print(f"error: {e}")
+
+
+def _checked_image(path: str) -> str:
+    """Load the image once when it is given, so a bad path is reported then and never kept in the session."""
+    from internvl35.data.image import load_image
+
+    load_image(path)
+    return path
 
 
 def _with_placeholders(question: str, n: int) -> str:
@@ -101,43 +140,107 @@ def _echo(pieces):
 
 def generate(inp: str, out: str, params: SamplingParams, model: str | None = None, device: str = "cpu",
              dtype: str = "auto") -> None:
-    """JSONL in ({"question", "images"?, "thinking"?} or {"input_ids"}) -> JSONL out, one line per input."""
-    vl = _load(model, device, dtype)
-    rows = _read_jsonl(inp)
-    from internvl35.engine.engine import Request
+    """JSONL in ({"question", "images"?, "thinking"?} or {"input_ids"}) -> JSONL out, one line per input.
 
-    requests = []
-    for i, row in enumerate(rows):
-        if "input_ids" in row:
-            requests.append(Request([int(t) for t in row["input_ids"]], params))
-        elif "question" in row:
-            inputs = vl.prepare(row["question"], row.get("images", []), thinking=bool(row.get("thinking", False)))
-            requests.append(Request(inputs.input_ids, params, pixel_values=inputs.pixel_values))
-        else:
-            raise ValueError(f"{inp}: line {i + 1} has neither 'question' nor 'input_ids'")
-    outputs = vl.engine.generate(requests, progress=True)
+    The output path and every row are checked before the model loads; on Ctrl-C the rows finished so far
+    are kept in OUT.partial (OUT itself is written only when all rows finished).
+    """
     from internvl35.atomic import atomic_write_text
 
-    lines = [json.dumps({**row, "output": vl.output_text(o), "output_ids": o.token_ids, "finish_reason": o.finish_reason})
-             for row, o in zip(rows, outputs)]
-    atomic_write_text(out, "".join(line + "\n" for line in lines))
+    _check_destination(out, "file")
+    rows = _read_rows(inp)
+    vl = _load(model, device, dtype)
+    ids = [_add_row(vl, inp, n, row, params) for n, row in rows]
+    done: dict[int, RequestOutput] = {}
+    try:
+        vl.engine.wait(ids, progress=True, done=done)
+    except KeyboardInterrupt:
+        kept = [(row, done[i]) for (_, row), i in zip(rows, ids) if i in done]
+        atomic_write_text(f"{out}.partial", _output_lines(vl, kept))
+        raise KeyboardInterrupt(f"kept the {len(kept)} of {len(rows)} rows that had finished in {out}.partial") from None
+    atomic_write_text(out, _output_lines(vl, [(row, done[i]) for (_, row), i in zip(rows, ids)]))
 
 
-def _read_jsonl(path: str) -> list[dict]:
+def _read_rows(path: str) -> list[tuple[int, dict]]:
+    """(line number, checked row) for each non-blank line; an error names the file and the line."""
+    data = Path(path).read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        raise ValueError(f"{path}: starts with a byte order mark (BOM); save it as UTF-8 without one")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path}: line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x})") from e
     rows = []
-    for i, line in enumerate(Path(path).read_text().splitlines()):
-        if line.strip():
+    # "\n" only: str.splitlines also splits at U+2028 and \x85, which JSON strings may hold as they are.
+    for n, line in enumerate(text.split("\n"), 1):
+        if line.strip(" \t\r"):
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {i + 1} is not valid JSON ({e.msg})") from e
+                rows.append((n, _check_row(_parse_json(line))))
+            except ValueError as e:
+                raise ValueError(f"{path}: line {n}: {e}") from e
     return rows
+
+
+def _parse_json(line: str) -> object:
+    try:
+        return json.loads(line, parse_constant=_no_constant)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON ({e.msg} at column {e.colno})") from e
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not allowed (JSON numbers must be finite)")
+
+
+def _check_row(row: object) -> dict:
+    """The row's keys and value types; what the model decides (image files, prompt length) is checked later."""
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    if "input_ids" in row:
+        if len(row) > 1:
+            other = next(k for k in row if k != "input_ids")
+            raise ValueError(f"a row with 'input_ids' takes no other key, got {other!r}")
+        if not isinstance(row["input_ids"], list) or not all(type(t) is int for t in row["input_ids"]):
+            raise ValueError("'input_ids' must be a list of integers")
+        return row
+    unknown = [k for k in row if k not in QUESTION_KEYS]
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r}; allowed: {', '.join(QUESTION_KEYS)} (or input_ids alone)")
+    if "question" not in row:
+        raise ValueError("the row has neither 'question' nor 'input_ids'")
+    if not isinstance(row["question"], str):
+        raise ValueError(f"'question' must be a string, got {type(row['question']).__name__}")
+    check_utf8(row["question"], "'question'")
+    images = row.get("images", [])
+    if not isinstance(images, list) or not all(isinstance(im, str) for im in images):
+        raise ValueError("'images' must be a list of image paths (strings)")
+    if not isinstance(row.get("thinking", False), bool):
+        raise ValueError(f"'thinking' must be true or false, got {row['thinking']!r}")
+    return row
+
+
+def _add_row(vl, path: str, n: int, row: dict, params: SamplingParams) -> int:
+    """Prepare line n's request and queue it; an error (image, prompt length) names the line."""
+    try:
+        if "input_ids" in row:
+            return vl.engine.add_request(Request(row["input_ids"], params))
+        inputs = vl.prepare(row["question"], row.get("images", []), thinking=row.get("thinking", False))
+        return vl.engine.add_request(Request(inputs.input_ids, params, pixel_values=inputs.pixel_values))
+    except USER_ERRORS as e:
+        raise ValueError(f"{path}: line {n}: {e}") from e
+
+
+def _output_lines(vl, results: list[tuple[dict, RequestOutput]]) -> str:
+    return "".join(json.dumps({**row, "output": vl.output_text(o), "output_ids": o.token_ids,
+                               "finish_reason": o.finish_reason}) + "\n" for row, o in results)
 
 
 def convert(src: str, dst: str, layout: str, max_shard_gb: float = 5.0) -> None:
     """Rewrite a checkpoint in the other key layout ('original' or 'hf')."""
     from internvl35.checkpoint import convert_checkpoint
 
+    _check_destination(dst, "directory")
     convert_checkpoint(src, dst, layout, int(max_shard_gb * 2**30))
     print(f"wrote {layout} layout to {dst}")
 
@@ -234,6 +337,58 @@ def evaluate(model: str | None, n: int, families: Sequence[str] | None, thinking
 
 # ---- argument parsing ------------------------------------------------------------------------------------
 
+SEED_MAX = 2**63 - 1  # the largest seed a torch.Generator takes
+
+
+def _at_least_one(text: str) -> int:
+    """argparse type for counts such as `--num-frames`."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = _int(text)
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"the seed must be in [0, 2**63-1], got {text}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _positive_size(text: str) -> float:
+    """argparse type for `--max-shard-gb`: a finite number > 0 (float() also accepts nan and inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def _device(text: str) -> str:
+    """argparse type for `--device`: a device torch knows and this machine has, checked before the model loads."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine (use --device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"unsupported device {text!r}; use cpu, cuda or cuda:N")
+    return text
+
 
 def _sampling_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling")
@@ -242,12 +397,12 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
-    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--seed", type=_seed, default=None, help="0 .. 2**63-1: reproducible sampling")
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="checkpoint directory or tiny preset (default: bundled internvl35-tiny)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=_device, default="cpu")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, else fp32), float32, bfloat16, float16")
 
 
@@ -259,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("question", nargs="?")
     p.add_argument("--image", action="append", default=[], help="image path (repeatable)")
     p.add_argument("--video", default=None, help="animated GIF/WebP or a directory of frames")
-    p.add_argument("--num-frames", type=int, default=8)
+    p.add_argument("--num-frames", type=_at_least_one, default=8)
     p.add_argument("--thinking", action="store_true", help="thinking mode (reasoning in <think>...</think>)")
     _model_flags(p)
     _sampling_flags(p)
@@ -277,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--layout", choices=["original", "hf"], required=True)
-    p.add_argument("--max-shard-gb", type=float, default=5.0)
+    p.add_argument("--max-shard-gb", type=_positive_size, default=5.0)
     p.set_defaults(run=lambda a: convert(a.src, a.dst, a.layout, a.max_shard_gb))
 
     p = sub.add_parser("info", help="config, parameter counts, tokens per tile")
@@ -332,8 +487,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
         return 130
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

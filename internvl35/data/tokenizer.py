@@ -122,14 +122,14 @@ def _without_added_tokens(tok: Tokenizer) -> Tokenizer:
     return Tokenizer.from_str(json.dumps(data))
 
 
-def _check_unicode(text: str) -> None:
+def check_utf8(text: str, what: str = "the text") -> None:
     """Text must be encodable as UTF-8: a lone surrogate (how Python passes on undecodable bytes of a command line
     or a file read with errors="surrogateescape") would otherwise fail deep in the tokenizer."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise ValueError(f"the text is not valid UTF-8 (an undecodable byte or lone surrogate at character "
-                         f"{e.start}): {text[max(0, e.start - 20):e.start + 20]!r}") from None
+        raise ValueError(f"{what} is not valid UTF-8 (an undecodable byte or lone surrogate at character "
+                         f"{e.start + 1}): {text[max(0, e.start - 20):e.start + 20]!r}") from None
 
 
 class ChatTokenizer:
@@ -241,7 +241,7 @@ class ChatTokenizer:
         bad = STRUCTURAL_TOKENS.intersection(allow)
         if bad:
             raise ValueError(f"structural tokens can never come from text: {sorted(bad)}")
-        _check_unicode(text)
+        check_utf8(text)
         allowed = {t: self._added[t] for t in allow if t in self._added}
         if allowed:
             pattern = "(" + "|".join(re.escape(t) for t in sorted(allowed, key=len, reverse=True)) + ")"

@@ -176,13 +176,24 @@ class Engine:
         for request in requests:
             self._validate(request)
         ids: list[int] = []
-        pending: set[int] = set()
-        done: dict[int, RequestOutput] = {}
-        bar = _progress(len(requests)) if progress else None
-        tokens, start = 0, time.perf_counter()
         try:
             ids = [self.add_request(r) for r in requests]
-            pending.update(ids)
+        except BaseException:
+            for rid in ids:
+                self.abort(rid)
+            raise
+        done = self.wait(ids, progress)
+        return [done[i] for i in ids]
+
+    def wait(self, ids: list[int], progress: bool = False,
+             done: dict[int, RequestOutput] | None = None) -> dict[int, RequestOutput]:
+        """Step until the added requests `ids` finish; each final output goes into `done` (returned) as it comes,
+        so a caller interrupted meanwhile keeps the finished ones. On any early exit the unfinished are aborted."""
+        done = {} if done is None else done
+        pending = set(ids) - set(done)
+        bar = _progress(len(ids)) if progress else None
+        tokens, start = 0, time.perf_counter()
+        try:
             while pending:
                 for out in self.step():
                     tokens += len(out.new_token_ids)
@@ -194,11 +205,11 @@ class Engine:
                 if bar is not None:
                     bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.1f}")
         finally:
-            for rid in [i for i in ids if i not in done]:
+            for rid in pending:
                 self.abort(rid)
             if bar is not None:
                 bar.close()
-        return [done[i] for i in ids]
+        return done
 
     def stream(self, request: Request) -> Iterator[list[int]]:
         """Yield the request's new token ids as they come; closing the iterator early aborts the request."""
