@@ -93,3 +93,72 @@ def test_a_group_continuing_a_kept_prefix_reuses_it_once_and_copies_it(model):
     outs = engine.generate(group)
     assert runs == [] and engine.runner.prefix_cache.hits == 1  # the leader ran its suffix; the others copied
     assert [o.token_ids for o in outs] == [_alone(model, r) for r in group]
+
+
+# ---- from requests still running -------------------------------------------------------------------------
+
+
+def _suffixes(engine: Engine) -> list[tuple[int, int | None]]:
+    """Records (tokens reused, source slot or None for a kept block) of each prefill that reuses a prefix."""
+    runs: list[tuple[int, int | None]] = []
+    suffix = engine.runner._prefill_suffix
+    engine.runner._prefill_suffix = lambda seq, start, source: runs.append(
+        (start, source if isinstance(source, int) else None)) or suffix(seq, start, source)
+    return runs
+
+
+def _long_group(model, tiles: int, n: int) -> list[Request]:
+    """As `_group`, with prompts past MIN_REUSE tokens, the shortest prefix worth copying."""
+    ids = _prompt(40, tiles * model.config.tokens_per_tile, seed=10 + tiles)
+    return [Request(list(ids), SamplingParams(max_new_tokens=8, temperature=1.0, seed=i),
+                    pixel_values=_pixels(tiles, seed=5) if tiles else None) for i in range(n)]
+
+
+def _late_sample(model, group: list[Request], engine: Engine, steps: int = 3) -> list:
+    """The group's first request runs for `steps` steps alone; then the rest are added (a group split across
+    admissions: more samples than free slots)."""
+    first = engine.add_request(group[0])
+    outs = {}
+    for _ in range(steps):
+        outs.update((o.request_id, o) for o in engine.step() if o.finished)
+    rest = [engine.add_request(r) for r in group[1:]]
+    done = engine.wait([first, *rest], done=outs)
+    return [done[i] for i in [first, *rest]]
+
+
+@pytest.mark.parametrize("tiles", [0, 1])
+def test_a_sample_added_while_its_prompt_runs_copies_that_slot(model, tiles):
+    group = _long_group(model, tiles, n=3)
+    engine = Engine(model, eos_token_ids=[])
+    packed, suffixes = _count_prefilled(engine), _suffixes(engine)
+    outs = _late_sample(model, group, engine)
+    n = len(group[0].input_ids)
+    assert packed == [n]  # only the first ran its prompt
+    assert suffixes == [(n - 1, 0)]  # the next copied slot 0's prompt and ran its last token; the third copied it
+    assert [o.token_ids for o in outs] == [_alone(model, r) for r in group]
+
+
+def test_a_prompt_sharing_only_a_prefix_with_a_running_one_reuses_that_prefix(model):
+    tpt = model.config.tokens_per_tile
+    head = _prompt(40, tpt, seed=31)  # system prompt and image
+    first = Request(head + _prompt(6, seed=32), GREEDY, pixel_values=_pixels(1, seed=31))
+    second = Request(head + _prompt(9, seed=33), GREEDY, pixel_values=_pixels(1, seed=31))
+    engine = Engine(model, eos_token_ids=[])
+    suffixes = _suffixes(engine)
+    outs = _late_sample(model, [first, second], engine, steps=1)
+    common = next(i for i, (a, b) in enumerate(zip(first.input_ids, second.input_ids)) if a != b)
+    assert suffixes == [(common, 0)]
+    assert [o.token_ids for o in outs] == [_alone(model, r) for r in (first, second)]
+
+
+def test_a_running_request_is_no_source_once_the_weights_change(model):
+    group = _long_group(model, 0, n=2)
+    engine = Engine(model, eos_token_ids=[])
+    packed, suffixes = _count_prefilled(engine), _suffixes(engine)
+    first = engine.add_request(group[0])
+    engine.step()
+    with torch.no_grad():  # an RL weight sync while the first request runs
+        model.language_model.model.norm.weight.mul_(1.0)
+    done = engine.wait([first, engine.add_request(group[1])])
+    assert suffixes == [] and packed == [len(group[0].input_ids)] * 2  # the second ran its whole prompt
+    assert done[first].finished

@@ -143,7 +143,7 @@ class Engine:
         touched: dict[int, Sequence] = {}
         admitted = self.scheduler.admit()
         if admitted:
-            self._run(admitted, self.runner.prefill(admitted))
+            self._run(admitted, self.runner.prefill(admitted, self.scheduler.running))
             for seq in admitted:
                 seq.release_images()
             touched.update((s.id, s) for s in admitted)

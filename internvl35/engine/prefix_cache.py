@@ -1,4 +1,5 @@
-"""Keys and values of finished requests, kept for later requests that start with the same tokens.
+"""Keys and values of finished requests, kept for later requests that start with the same tokens (the same rules
+let a request copy a running one's: `ModelRunner.prefill`).
 
 A chat sends its whole history with every turn, so turn k+1's prompt starts with turn k's prompt and answer,
 whose keys and values the engine has just computed. An entry holds them (positions 0..n-1: the prompt and
@@ -64,14 +65,26 @@ class PrefixCache(WeightBoundLRU[_Entry]):
               image_token_id: int | None) -> tuple[int, Tensor] | None:
         """(m, keys/values of positions 0..m-1) of the longest reusable prefix of `ids`, or None."""
         self.for_weights(weights_version)
-        # Every image token must lie in the reused part: the suffix is prefilled without image features.
-        last_image = max((i for i, t in enumerate(ids) if t == image_token_id), default=-1)
+        last_image = last_image_position(ids, image_token_id)
         best, best_key = 0, None
         for key, entry in self.items():
-            if entry.image_digest != image_digest:
-                continue
-            m = min(_common_prefix(entry.ids, ids), len(ids) - 1)
-            if m > best and m > last_image and m >= MIN_REUSE:
+            m = reusable_length(entry.ids, entry.image_digest, ids, image_digest, last_image)
+            if m > best:
                 best, best_key = m, key
         entry = self.lookup(best_key)  # a miss when nothing qualified
         return None if entry is None else (best, entry.block[..., :best, :])
+
+
+def last_image_position(ids: list[int], image_token_id: int | None) -> int:
+    return max((i for i, t in enumerate(ids) if t == image_token_id), default=-1)
+
+
+def reusable_length(kept_ids: list[int], kept_digest: bytes | None, ids: list[int], image_digest: bytes | None,
+                    last_image: int) -> int:
+    """How many leading positions of `ids` can take keys/values computed for `kept_ids` (0: none), by the rules
+    above; `last_image` is `last_image_position(ids, ...)`: every image token must lie in the reused part, since
+    the rest is prefilled without image features."""
+    if kept_digest != image_digest:
+        return 0
+    m = min(_common_prefix(kept_ids, ids), len(ids) - 1)
+    return m if m > last_image and m >= MIN_REUSE else 0

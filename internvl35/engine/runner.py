@@ -16,7 +16,7 @@ from torch import Tensor
 
 from internvl35.engine.image_cache import ImageFeatureCache, pixels_digest
 from internvl35.engine.kv_cache import SlotKVCache
-from internvl35.engine.prefix_cache import PrefixCache
+from internvl35.engine.prefix_cache import PrefixCache, last_image_position, reusable_length
 from internvl35.engine.sampling import sample
 from internvl35.engine.sequence import Sequence
 from internvl35.model.attention import AttentionInput, segmented_input
@@ -85,12 +85,18 @@ class ModelRunner:
         return weights_version(p for name, p in self.model.named_parameters() if not name.startswith("language_model."))
 
     @torch.inference_mode()
-    def prefill(self, seqs: list[Sequence]) -> Tensor:
+    def prefill(self, seqs: list[Sequence], running: list[Sequence] | None = None) -> Tensor:
         """Run the prompts of newly admitted sequences; return logits at each last prompt token (n, V).
 
-        Prompts that start with a kept prefix (`prefix_cache`) get its keys/values copied into their slot and
-        run only the rest, one row each; the others run packed in one row."""
+        A prompt that starts with keys/values computed before, by a finished request (`prefix_cache`) or by one
+        still running (`running`: its slot holds its prompt and output so far), gets them copied into its slot
+        and runs only the rest, one row each; the others run packed in one row. Same prompts admitted together
+        run once and are copied."""
         self.encode_images(seqs)
+        version = self._kv_version(seqs)
+        new = {s.id for s in seqs}
+        for seq in seqs:
+            seq.kv_version = version if self._prefix_keyable(seq) else None
         leaders: dict[tuple, Sequence] = {}  # the first of each group of same prompts runs; the others copy it
         run: list[Sequence] = []
         copies: list[tuple[Sequence, Sequence]] = []
@@ -100,7 +106,8 @@ class ModelRunner:
                 run.append(seq)
             else:
                 copies.append((seq, lead))
-        reuse = self._prefix_hits(run)
+        sources = [s for s in running or [] if s.id not in new and s.kv_version is not None and s.kv_version == version]
+        reuse = self._prefix_hits(run, version, sources)
         packed = [s for s in run if s.id not in reuse]
         logits = dict(zip((s.id for s in packed), self._prefill_packed(packed))) if packed else {}
         for seq in run:
@@ -111,15 +118,29 @@ class ModelRunner:
             logits[seq.id] = logits[lead.id]
         return torch.stack([logits[s.id] for s in seqs])
 
-    def _prefix_hits(self, seqs: list[Sequence]) -> dict[int, tuple[int, Tensor]]:
-        if not self.prefix_cache:  # off or empty: nothing to find, and no parameters to list for the version
+    def _kv_version(self, seqs: list[Sequence]) -> tuple | None:
+        """The weights' version, when keys/values computed now may be reused later (prefix cache on, and a prompt
+        whose tokens and images say what they are); None otherwise, without listing the parameters."""
+        if self.prefix_cache is None or not any(map(self._prefix_keyable, seqs)):
+            return None
+        return weights_version(self.model.parameters())
+
+    def _prefix_hits(self, seqs: list[Sequence], version: tuple | None,
+                     running: list[Sequence]) -> dict[int, tuple[int, Tensor | int]]:
+        """seq id -> (m, where positions 0..m-1 come from: a prefix-cache block or a running sequence's slot)."""
+        if version is None or (not self.prefix_cache and not running):
             return {}
-        version = weights_version(self.model.parameters())
-        if version is None:
-            return {}
-        hits: dict[int, tuple[int, Tensor]] = {}
+        image_id = self.model.config.image_token_id
+        hits: dict[int, tuple[int, Tensor | int]] = {}
         for seq in filter(self._prefix_keyable, seqs):
-            hit = self.prefix_cache.match(seq.prompt_ids, seq.image_digest, version, self.model.config.image_token_id)
+            hit = self.prefix_cache.match(seq.prompt_ids, seq.image_digest, version, image_id) if self.prefix_cache \
+                else None
+            last_image = last_image_position(seq.prompt_ids, image_id)
+            for other in running:  # its cache holds all but its newest token
+                m = reusable_length((other.prompt_ids + other.output_ids)[: other.num_tokens - 1], other.image_digest,
+                                    seq.prompt_ids, seq.image_digest, last_image)
+                if m > (hit[0] if hit else 0):
+                    hit = (m, other.slot)
             if hit is not None:
                 hits[seq.id] = hit
         return hits
@@ -129,9 +150,13 @@ class ModelRunner:
         features handed in ready-made (a vision server's), whose <IMG_CONTEXT> tokens could stand for anything."""
         return seq.image_digest is not None or self.model.config.image_token_id not in seq.prompt_ids
 
-    def _prefill_suffix(self, seq: Sequence, start: int, block: Tensor) -> Tensor:
-        """The prompt past a reused prefix of `start` tokens, attending to it: logits at the last token (V,)."""
-        self.cache.write(seq.slot, block)
+    def _prefill_suffix(self, seq: Sequence, start: int, source: Tensor | int) -> Tensor:
+        """The prompt past a reused prefix of `start` tokens (a kept block, or a running sequence's slot), attending
+        to it: logits at the last token (V,)."""
+        if isinstance(source, int):
+            self.cache.move(source, seq.slot, start)
+        else:
+            self.cache.write(seq.slot, source)
         n = seq.num_prompt_tokens
         positions = self.arange[start:n][None]  # (1, T)
         mask = (self.arange[:n][None] <= positions[0][:, None])[None, None]  # (1, 1, T, n)

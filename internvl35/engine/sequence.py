@@ -44,6 +44,9 @@ class Sequence:
     # image features) or must not (the prefix cache off): requests admitted together with the same key share one
     # prefill (`ModelRunner.share_key`).
     share_key: tuple | None = None
+    # The weights' version (`linear.weights_version`) its slot's keys/values were computed with, set at prefill when
+    # the prefix cache is on: a later request may copy them while this one runs only if the weights are still those.
+    kv_version: tuple | None = None
 
     @property
     def num_prompt_tokens(self) -> int:
