@@ -17,6 +17,7 @@ def always_packed(request, monkeypatch):
     """Most tests check the packed path's math, so they take it for every call instead of whichever one the
     timing picks; the tests of the timed choice opt out with the `timed` marker."""
     monkeypatch.setattr(linear_mod, "_ALWAYS_PACKED", "timed" not in request.keywords)  # whatever the env says
+    monkeypatch.setattr(linear_mod, "_TIMED", "timed" in request.keywords)
     monkeypatch.setattr(linear_mod, "_choices", {})
     monkeypatch.setattr(linear_mod, "_trials", {})
 
@@ -280,10 +281,23 @@ def test_grouped_trial_compares_one_matmul_with_one_f_linear_per_layer(monkeypat
     assert calls == {"packed": linear_mod._TRIAL_CALLS + winner, "plain": 3 * (linear_mod._TRIAL_CALLS + (not winner))}
 
 
-def test_environment_switch_takes_only_0_1_or_auto(monkeypatch):
-    for value, mode in (("0", "0"), ("1", "1"), ("auto", "auto"), (" AUTO ", "auto")):
+def test_by_default_small_calls_take_f_linear_and_large_ones_packed_weights(monkeypatch):
+    """No timing by default: a seeded run repeats exactly (the two kernels round differently)."""
+    monkeypatch.setattr(linear_mod, "_ALWAYS_PACKED", False)
+    calls = _count_calls(monkeypatch)
+    layer = _layer()
+    with torch.no_grad():
+        for _ in range(2 * linear_mod._TRIAL_CALLS + 3):
+            layer(torch.randn(4, 48))
+        layer(torch.randn(linear_mod._TIMED_ROWS + 1, 48))
+    assert calls == {"packed": 1, "plain": 2 * linear_mod._TRIAL_CALLS + 3}
+    assert not linear_mod._trials and not linear_mod._choices
+
+
+def test_environment_switch_takes_only_0_1_auto_or_trial(monkeypatch):
+    for value, mode in (("0", "0"), ("1", "1"), ("auto", "auto"), (" AUTO ", "auto"), ("trial", "trial")):
         monkeypatch.setenv("INTERNVL35_PACKED_LINEAR", value)
         assert linear_mod._mode() == mode
     monkeypatch.setenv("INTERNVL35_PACKED_LINEAR", "yes")
-    with pytest.warns(UserWarning, match="INTERNVL35_PACKED_LINEAR='yes' is not 0, 1 or auto; using auto"):
+    with pytest.warns(UserWarning, match="INTERNVL35_PACKED_LINEAR='yes' is not 0, 1, auto or trial; using auto"):
         assert linear_mod._mode() == "auto"

@@ -5,9 +5,12 @@
   2.2-2.3x faster on prefill and training shapes and 3-5x faster at the 1-8 rows of a decode step;
 - on an Intel Xeon VM (AVX-512, AMX), MKL was faster at 1 row for every decoder matrix (a 512x512 layer:
   11 against 22 us) and oneDNN faster at 8 rows for the wide ones and at 300 rows (docs/benchmarks.md).
-So calls of more than `_TIMED_ROWS` rows (prefill, the ViT, training) take the packed weights, and each
-smaller inference call shape (weight shape x rows rounded up to a power of two) is tried both ways on its
-first real calls in a process and keeps the faster (`_run_faster`). Training uses packed weights for the
+So calls of more than `_TIMED_ROWS` rows (prefill, the ViT, training) take the packed weights and smaller ones
+`F.linear`. With INTERNVL35_PACKED_LINEAR=trial, each smaller inference call shape (weight shape x rows rounded up
+to a power of two) is instead tried both ways on its first real calls in a process and keeps the faster
+(`_run_faster`): faster where oneDNN wins small calls (the AMD VM), but the two kernels round differently, so
+the trial's first calls and the later ones, or two processes that timed differently, can sample different
+tokens from the same seed. The default keeps a fixed choice, so that a seeded run repeats exactly. Training uses packed weights for the
 forward and the input's gradient (`_TrainingLinear`). Inference in bf16 is packed too where oneDNN runs bf16
 natively. GPUs, other dtypes, bf16 training, autocast and sharded weights keep plain `F.linear`.
 
@@ -16,8 +19,8 @@ after any optimizer step (fused AdamW updates weights without bumping their vers
 optimizer hook counts steps), an in-place update under no_grad (the version counter: load_state_dict,
 RL weight syncs), a reassigned or moved tensor (a different storage). Writes through `p.data` bypass all
 of these and are not seen. The copies cost up to two extra copies of the weights in memory on CPU.
-INTERNVL35_PACKED_LINEAR=0 turns them off, =1 uses them for every call without trials, =auto (the default)
-tries small calls as above.
+INTERNVL35_PACKED_LINEAR=0 turns them off, =1 uses them for every call, =auto (the default) for the calls of more
+than `_TIMED_ROWS` rows, =trial as above.
 """
 
 from __future__ import annotations
@@ -50,12 +53,13 @@ _TIMED_ROWS = 64
 
 
 def _mode() -> str:
-    """INTERNVL35_PACKED_LINEAR: "0" (never packed), "1" (always, no trial) or "auto" (the default).
+    """INTERNVL35_PACKED_LINEAR: "0" (never packed), "1" (always), "auto" (the default: by rows) or "trial" (small
+    calls by timing).
 
     Read at import, so another value warns and means auto instead of failing every import of the package."""
     value = os.environ.get("INTERNVL35_PACKED_LINEAR", "auto").strip().lower()
-    if value not in ("0", "1", "auto"):
-        warnings.warn(f"INTERNVL35_PACKED_LINEAR={value!r} is not 0, 1 or auto; using auto", stacklevel=2)
+    if value not in ("0", "1", "auto", "trial"):
+        warnings.warn(f"INTERNVL35_PACKED_LINEAR={value!r} is not 0, 1, auto or trial; using auto", stacklevel=2)
         return "auto"
     return value
 
@@ -68,6 +72,7 @@ def _available(mode: str | None = None) -> bool:
 _MODE = _mode()
 _AVAILABLE = _available(_MODE)
 _ALWAYS_PACKED = _MODE == "1"
+_TIMED = _MODE == "trial"  # small calls by timing; otherwise plain F.linear (reproducible: see the docstring)
 
 
 def _packed_dtypes() -> tuple[torch.dtype, ...]:
@@ -246,9 +251,11 @@ def _row_bucket(x: Tensor) -> int:
 
 def _run_faster(key: tuple, packed_call: Callable[[], _Out], plain_call: Callable[[], _Out]) -> _Out:
     """Run the packed or the plain call for this call shape: packed above `_TIMED_ROWS` rows (key[-1]) or with
-    INTERNVL35_PACKED_LINEAR=1; otherwise whichever won the shape's trial (see `_TRIAL_CALLS`)."""
+    INTERNVL35_PACKED_LINEAR=1; plain below, or with =trial whichever won the shape's trial (see `_TRIAL_CALLS`)."""
     if _ALWAYS_PACKED or key[-1] > _TIMED_ROWS:
         return packed_call()
+    if not _TIMED:
+        return plain_call()
     choice = _choices.get(key)
     if choice is not None:
         return packed_call() if choice else plain_call()
