@@ -9,23 +9,8 @@ import torch
 from PIL import Image
 
 from internvl35.api import InternVL
-from internvl35.checkpoint import save_checkpoint
 from internvl35.cli import main
 from internvl35.engine.sampling import SamplingParams
-
-
-@pytest.fixture(scope="module")
-def vl():
-    torch.manual_seed(0)
-    return InternVL.from_pretrained("tiny-test", max_seq_len=1024)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, vl):
-    path = tmp_path_factory.mktemp("tiny")
-    save_checkpoint(vl.model, path)
-    vl.tokenizer.save(path)
-    return path
 
 
 def _png(path, size=(80, 60), color=(200, 30, 30)):

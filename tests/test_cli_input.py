@@ -14,7 +14,7 @@ import torch
 from internvl35 import cli
 from internvl35.cli import main
 from internvl35.engine.engine import Engine
-from tests.test_api_cli import _png, model_dir, vl  # noqa: F401  (fixtures)
+from tests.test_api_cli import _png
 
 
 def _cli(argv: list[str], capsys) -> tuple[int, str]:
