@@ -159,6 +159,7 @@ def generate(inp: str, out: str, params: SamplingParams, model: str | None = Non
         atomic_write_text(f"{out}.partial", _output_lines(vl, kept))
         raise KeyboardInterrupt(f"kept the {len(kept)} of {len(rows)} rows that had finished in {out}.partial") from None
     atomic_write_text(out, _output_lines(vl, [(row, done[i]) for (_, row), i in zip(rows, ids)]))
+    Path(f"{out}.partial").unlink(missing_ok=True)  # an earlier interrupted run's rows: superseded by OUT
 
 
 def _read_rows(path: str) -> list[tuple[int, dict]]:

@@ -23,5 +23,6 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 step tests 240 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_host_sync.py \
     tests/test_engine.py tests/test_parity_hf.py
 step bf16_parity 120 python3 scripts/bf16_parity.py --device cuda
+step sdpa_backends 60 python3 scripts/sdpa_backends.py --device cuda  # do masked grouped-query calls avoid the math kernel?
 step generate 300 python3 bench/generate.py --device cuda --dtype bfloat16 --repeats 3
 step moe 120 python3 bench/moe.py --device cuda --dtype bfloat16 --repeats 20

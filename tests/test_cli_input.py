@@ -80,6 +80,9 @@ def test_generate_keeps_the_finished_rows_when_interrupted(model_dir, tmp_path, 
     ids = [r["input_ids"] for r in kept]
     assert len(kept) == len(finished) and ids == [r["input_ids"] for r in rows if r["input_ids"] in ids]
     assert all(r["finish_reason"] in ("stop", "length") and r["output_ids"] for r in kept)
+    monkeypatch.setattr(Engine, "step", real_step)  # run again to the end: OUT supersedes the partial file
+    assert _cli(["generate", str(inp), str(out), "--model", str(model_dir), "--max-new-tokens", "2"], capsys)[0] == 0
+    assert len(out.read_text().splitlines()) == len(rows) and not (tmp_path / "out.jsonl.partial").exists()
 
 
 BAD_ROWS = [
