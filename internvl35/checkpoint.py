@@ -188,8 +188,8 @@ def _remove_stale_weights(directory: Path, written: set[str]) -> None:
     """Delete the weight files of a checkpoint written here before that this one does not use: an old index would
     win over a new single file (`weight_files`), and old shards would linger. The index goes first, so that a
     reader meanwhile sees either the old index with its shards or the new files."""
-    stale = [p for p in (directory / INDEX_NAME, directory / "model.safetensors", *directory.glob("model-*-of-*.safetensors"))
-             if p.name not in written and p.exists()]
+    weights = (directory / INDEX_NAME, directory / "model.safetensors", *directory.glob("model-*-of-*.safetensors"))
+    stale = [p for p in weights if p.name not in written and p.exists()]
     for path in sorted(stale, key=lambda p: p.name != INDEX_NAME):
         path.unlink()
 

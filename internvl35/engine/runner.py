@@ -136,7 +136,8 @@ class ModelRunner:
             hit = self.prefix_cache.match(seq.prompt_ids, seq.image_digest, version, image_id) if self.prefix_cache \
                 else None
             last_image = last_image_position(seq.prompt_ids, image_id)
-            for other in running:  # its cache holds all but its newest token
+            for other in (o for o in running if o.image_digest == seq.image_digest):
+                # its slot holds all but its newest token
                 m = reusable_length((other.prompt_ids + other.output_ids)[: other.num_tokens - 1], other.image_digest,
                                     seq.prompt_ids, seq.image_digest, last_image)
                 if m > (hit[0] if hit else 0):
