@@ -83,6 +83,10 @@ class Engine:
 
     def add_request(self, request: Request) -> int:
         self._validate(request)
+        return self._add(request)
+
+    def _add(self, request: Request) -> int:
+        """Queue a validated request."""
         seq = Sequence(self._next_id, list(request.input_ids), request.params, request.image_features,
                        request.pixel_values, make_generator(request.params))
         seq.image_digest = self.runner.image_digest(seq.pixel_values)
@@ -177,7 +181,8 @@ class Engine:
             self._validate(request)
         ids: list[int] = []
         try:
-            ids = [self.add_request(r) for r in requests]
+            for request in requests:  # one by one, so that an interruption knows which were added
+                ids.append(self._add(request))
         except BaseException:
             for rid in ids:
                 self.abort(rid)
