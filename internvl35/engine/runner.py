@@ -131,17 +131,17 @@ class ModelRunner:
         if version is None or (not self.prefix_cache and not running):
             return {}
         image_id = self.model.config.image_token_id
+        # What each running slot holds: all but the sequence's newest token.
+        held = [(o.slot, o.image_digest, (o.prompt_ids + o.output_ids)[: o.num_tokens - 1]) for o in running]
         hits: dict[int, tuple[int, Tensor | int]] = {}
         for seq in filter(self._prefix_keyable, seqs):
             hit = self.prefix_cache.match(seq.prompt_ids, seq.image_digest, version, image_id) if self.prefix_cache \
                 else None
             last_image = last_image_position(seq.prompt_ids, image_id)
-            for other in (o for o in running if o.image_digest == seq.image_digest):
-                # its slot holds all but its newest token
-                m = reusable_length((other.prompt_ids + other.output_ids)[: other.num_tokens - 1], other.image_digest,
-                                    seq.prompt_ids, seq.image_digest, last_image)
+            for slot, digest, ids in held:
+                m = reusable_length(ids, digest, seq.prompt_ids, seq.image_digest, last_image)
                 if m > (hit[0] if hit else 0):
-                    hit = (m, other.slot)
+                    hit = (m, slot)
             if hit is not None:
                 hits[seq.id] = hit
         return hits
