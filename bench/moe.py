@@ -20,14 +20,15 @@ The last line printed is `ratio: <transformers / ours time at 1 token>` (a decod
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from score import timed  # noqa: E402
 
 from internvl35.model.qwen3 import MoE  # noqa: E402
 from internvl35.presets import preset  # noqa: E402
@@ -49,21 +50,6 @@ def peer(ours: MoE, config) -> torch.nn.Module:
     block.load_state_dict({"gate.weight": ours.gate.weight, "experts.gate_up_proj": ours.experts.gate_up_proj,
                            "experts.down_proj": ours.experts.down_proj}, assign=True)
     return block.eval()
-
-
-def timed(fns: dict, repeats: int, sync) -> dict[str, float]:
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    names = list(fns)
-    for i in range(repeats):
-        for name in names[i % 2:] + names[: i % 2]:
-            sync()
-            start = time.perf_counter()
-            fns[name]()
-            sync()
-            times[name].append(time.perf_counter() - start)
-    return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:

@@ -41,16 +41,20 @@ from internvl35.engine import score  # noqa: E402
 GROUP, RESPONSE_TOKENS = 8, 64
 
 
-def timed(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median milliseconds of each; the functions alternate (and rotate who goes first)."""
+def timed(fns: dict[str, Callable[[], object]], repeats: int,
+          sync: Callable[[], object] = lambda: None) -> dict[str, float]:
+    """Median milliseconds of each after one warm-up call; the functions alternate (and rotate who goes first).
+    `sync` waits for the device (torch.cuda.synchronize) around each timed call."""
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     names = list(fns)
     for i in range(repeats):
         for name in names[i % len(names):] + names[: i % len(names)]:
+            sync()
             start = time.perf_counter()
             fns[name]()
+            sync()
             times[name].append(time.perf_counter() - start)
     return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
