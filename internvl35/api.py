@@ -50,6 +50,21 @@ def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch
     return DTYPES[dtype]
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """A device torch knows and this machine has (checked before any weight is read)."""
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r}; use cpu, cuda or cuda:N")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{device}: CUDA is not available on this machine; use the CPU")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(f"{device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return resolved
+
+
 class InternVL:
     def __init__(self, model: InternVLModel, tokenizer: ChatTokenizer, *, max_batch_size: int = 16,
                  max_seq_len: int | None = None, image_cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES,
@@ -66,6 +81,7 @@ class InternVL:
     def from_pretrained(cls, source: str | Path | None = None, *, dtype: str | torch.dtype = "auto",
                         device: str | torch.device = "cpu", **engine_kw) -> InternVL:
         """A checkpoint directory (either layout), a tiny test preset (random weights), or None: the bundled model."""
+        device = resolve_device(device)
         path = Path(source) if source is not None else BUNDLED
         if source is not None and str(source) in TINY_PRESETS:
             tok = tiny_tokenizer()

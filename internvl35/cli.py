@@ -15,22 +15,20 @@ User errors print one line (`error: ...`) and exit with status 2; no traceback.
 from __future__ import annotations
 
 import argparse
-import codecs
 import io
 import json
-import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from internvl35.cli_checks import at_least_one, check_destination, check_generate_row, device, positive_size, seed
+from internvl35.data.jsonl import read_jsonl
 from internvl35.data.tokenizer import check_utf8
 from internvl35.engine.engine import Request, RequestOutput
 from internvl35.engine.sampling import SamplingParams
 from internvl35.train.sft import PARTS
 
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, PermissionError, IsADirectoryError)
-QUESTION_KEYS = ("question", "images", "thinking")  # a generate row's keys, unless it is {"input_ids"} alone
 
 
 def _params(args: argparse.Namespace, thinking: bool = False) -> SamplingParams:
@@ -43,21 +41,6 @@ def _load(model: str | None, device: str, dtype: str):
     from internvl35.api import InternVL
 
     return InternVL.from_pretrained(model, device=device, dtype=dtype)
-
-
-def _check_destination(path: str, kind: str) -> None:
-    """Fail before the model loads if `path` cannot be written as a 'file' or a 'directory', so a long run is
-    not lost to a late error. Missing parent directories are fine: the atomic writes create them."""
-    target = Path(path)
-    if kind == "file" and target.is_dir():
-        raise ValueError(f"output {path} is a directory; give a file path")
-    if kind == "directory" and target.exists() and not target.is_dir():
-        raise ValueError(f"destination {path} exists and is not a directory")
-    ancestor = next(a for a in target.absolute().parents if a.exists())
-    if not ancestor.is_dir():
-        raise ValueError(f"cannot write {path}: {ancestor} is not a directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write {path}: no write permission in {ancestor}")
 
 
 # ---- subcommands -----------------------------------------------------------------------------------------
@@ -147,8 +130,8 @@ def generate(inp: str, out: str, params: SamplingParams, model: str | None = Non
     """
     from internvl35.atomic import atomic_write_text
 
-    _check_destination(out, "file")
-    rows = _read_rows(inp)
+    check_destination(out, "file")
+    rows = read_jsonl(inp, check_generate_row)
     vl = _load(model, device, dtype)
     ids = [_add_row(vl, inp, n, row, params) for n, row in rows]
     done: dict[int, RequestOutput] = {}
@@ -160,65 +143,6 @@ def generate(inp: str, out: str, params: SamplingParams, model: str | None = Non
         raise KeyboardInterrupt(f"kept the {len(kept)} of {len(rows)} rows that had finished in {out}.partial") from None
     atomic_write_text(out, _output_lines(vl, [(row, done[i]) for (_, row), i in zip(rows, ids)]))
     Path(f"{out}.partial").unlink(missing_ok=True)  # an earlier interrupted run's rows: superseded by OUT
-
-
-def _read_rows(path: str) -> list[tuple[int, dict]]:
-    """(line number, checked row) for each non-blank line; an error names the file and the line."""
-    data = Path(path).read_bytes()
-    if data.startswith(codecs.BOM_UTF8):
-        raise ValueError(f"{path}: starts with a byte order mark (BOM); save it as UTF-8 without one")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise ValueError(f"{path}: line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x})") from e
-    rows = []
-    # "\n" only: str.splitlines also splits at U+2028 and \x85, which JSON strings may hold as they are.
-    for n, line in enumerate(text.split("\n"), 1):
-        if line.strip(" \t\r"):
-            try:
-                rows.append((n, _check_row(_parse_json(line))))
-            except ValueError as e:
-                raise ValueError(f"{path}: line {n}: {e}") from e
-    return rows
-
-
-def _parse_json(line: str) -> object:
-    try:
-        return json.loads(line, parse_constant=_no_constant)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"not valid JSON ({e.msg} at column {e.colno})") from e
-
-
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not allowed (JSON numbers must be finite)")
-
-
-def _check_row(row: object) -> dict:
-    """The row's keys and value types; what the model decides (image files, prompt length) is checked later."""
-    if not isinstance(row, dict):
-        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-    if "input_ids" in row:
-        if len(row) > 1:
-            other = next(k for k in row if k != "input_ids")
-            raise ValueError(f"a row with 'input_ids' takes no other key, got {other!r}")
-        if not isinstance(row["input_ids"], list) or not all(type(t) is int for t in row["input_ids"]):
-            raise ValueError("'input_ids' must be a list of integers")
-        return row
-    unknown = [k for k in row if k not in QUESTION_KEYS]
-    if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r}; allowed: {', '.join(QUESTION_KEYS)} (or input_ids alone)")
-    if "question" not in row:
-        raise ValueError("the row has neither 'question' nor 'input_ids'")
-    if not isinstance(row["question"], str):
-        raise ValueError(f"'question' must be a string, got {type(row['question']).__name__}")
-    check_utf8(row["question"], "'question'")
-    images = row.get("images", [])
-    if not isinstance(images, list) or not all(isinstance(im, str) for im in images):
-        raise ValueError("'images' must be a list of image paths (strings)")
-    if not isinstance(row.get("thinking", False), bool):
-        raise ValueError(f"'thinking' must be true or false, got {row['thinking']!r}")
-    return row
 
 
 def _add_row(vl, path: str, n: int, row: dict, params: SamplingParams) -> int:
@@ -241,7 +165,7 @@ def convert(src: str, dst: str, layout: str, max_shard_gb: float = 5.0) -> None:
     """Rewrite a checkpoint in the other key layout ('original' or 'hf')."""
     from internvl35.checkpoint import convert_checkpoint
 
-    _check_destination(dst, "directory")
+    check_destination(dst, "directory")
     convert_checkpoint(src, dst, layout, int(max_shard_gb * 2**30))
     print(f"wrote {layout} layout to {dst}")
 
@@ -338,59 +262,6 @@ def evaluate(model: str | None, n: int, families: Sequence[str] | None, thinking
 
 # ---- argument parsing ------------------------------------------------------------------------------------
 
-SEED_MAX = 2**63 - 1  # the largest seed a torch.Generator takes
-
-
-def _at_least_one(text: str) -> int:
-    """argparse type for counts such as `--num-frames`."""
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
-
-
-def _seed(text: str) -> int:
-    value = _int(text)
-    if not 0 <= value <= SEED_MAX:
-        raise argparse.ArgumentTypeError(f"the seed must be in [0, 2**63-1], got {text}")
-    return value
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-
-
-def _positive_size(text: str) -> float:
-    """argparse type for `--max-shard-gb`: a finite number > 0 (float() also accepts nan and inf)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
-
-
-def _device(text: str) -> str:
-    """argparse type for `--device`: a device torch knows and this machine has, checked before the model loads."""
-    import torch
-
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine (use --device cpu)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if device.type not in ("cpu", "cuda"):
-        raise argparse.ArgumentTypeError(f"unsupported device {text!r}; use cpu, cuda or cuda:N")
-    return text
-
-
 def _sampling_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--max-new-tokens", type=int, default=256)
@@ -398,12 +269,12 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
-    g.add_argument("--seed", type=_seed, default=None, help="0 .. 2**63-1: reproducible sampling")
+    g.add_argument("--seed", type=seed, default=None, help="0 .. 2**63-1: reproducible sampling")
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="checkpoint directory or tiny preset (default: bundled internvl35-tiny)")
-    p.add_argument("--device", type=_device, default="cpu")
+    p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, else fp32), float32, bfloat16, float16")
 
 
@@ -415,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("question", nargs="?")
     p.add_argument("--image", action="append", default=[], help="image path (repeatable)")
     p.add_argument("--video", default=None, help="animated GIF/WebP or a directory of frames")
-    p.add_argument("--num-frames", type=_at_least_one, default=8)
+    p.add_argument("--num-frames", type=at_least_one, default=8)
     p.add_argument("--thinking", action="store_true", help="thinking mode (reasoning in <think>...</think>)")
     _model_flags(p)
     _sampling_flags(p)
@@ -433,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--layout", choices=["original", "hf"], required=True)
-    p.add_argument("--max-shard-gb", type=_positive_size, default=5.0)
+    p.add_argument("--max-shard-gb", type=positive_size, default=5.0)
     p.set_defaults(run=lambda a: convert(a.src, a.dst, a.layout, a.max_shard_gb))
 
     p = sub.add_parser("info", help="config, parameter counts, tokens per tile")

@@ -130,3 +130,22 @@ def test_special_files_are_not_read_as_images(tmp_path):
     if os.path.exists("/dev/zero"):
         with pytest.raises(ImageError, match="special file"):
             load_image("/dev/zero")  # would never end
+
+
+def test_training_jsonl_is_read_as_generate_reads_its_input(tmp_path):
+    """`train sft`'s JsonlSource shares `read_jsonl`: lines split at "\\n" only, errors name the line."""
+    from internvl35.data.tokenizer import tiny_tokenizer
+    from internvl35.train.data import JsonlSource
+
+    tokenizer, config = tiny_tokenizer(), preset("tiny-test")
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"question": "a\u2028b", "answer": "c"}, ensure_ascii=False) + "\n\n")
+    assert len(JsonlSource(data, tokenizer, config).rows) == 1
+    data.write_text('{"question": "q", "answer": "a"}\n\n{"question": "q"}\n')
+    with pytest.raises(ValueError, match=r"train.jsonl: line 3: needs string fields 'question' and 'answer'"):
+        JsonlSource(data, tokenizer, config)
+
+
+def test_an_unknown_device_is_named_before_any_weight_is_read():
+    with pytest.raises(ValueError, match="unknown device 'foo'"):
+        InternVL.from_pretrained("tiny-test", device="foo")

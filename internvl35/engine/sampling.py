@@ -16,6 +16,7 @@ from torch import Tensor
 
 
 MIN_TEMPERATURE = 1e-4
+SEED_LIMIT = 2**63  # seeds are in [0, SEED_LIMIT): what a torch.Generator takes
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class SamplingParams:
             (all(isinstance(s, str) and s for s in self.stop), f"stop strings must be non-empty strings, got {self.stop!r}"),
             (all(_is_int(t) and t >= 0 for t in self.stop_token_ids),
              f"stop_token_ids must be integers >= 0, got {self.stop_token_ids!r}"),
-            (self.seed is None or (_is_int(self.seed) and 0 <= self.seed < 2**63),
+            (self.seed is None or (_is_int(self.seed) and 0 <= self.seed < SEED_LIMIT),
              f"seed must be an integer in [0, 2**63) or None, got {self.seed!r}"),
         ]
         for ok, message in checks:

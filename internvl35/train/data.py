@@ -7,7 +7,6 @@ rebuilt exactly on resume, on any machine.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from internvl35.config import InternVLConfig
 from internvl35.data.chat import IGNORE_INDEX
 from internvl35.data.image import load_image
 from internvl35.data.inputs import ModelInputs, build_inputs
+from internvl35.data.jsonl import read_jsonl
 from internvl35.data.tiling import jpeg_augment
 from internvl35.data.tokenizer import ChatTokenizer
 from internvl35.tasks.base import FAMILIES, Sample, render_target, split_seeds
@@ -148,17 +148,7 @@ class JsonlSource:
 
     def __init__(self, path: str | Path, tokenizer: ChatTokenizer, config: InternVLConfig) -> None:
         self.tokenizer, self.config, self.path = tokenizer, config, Path(path)
-        self.rows = []
-        for n, line in enumerate(self.path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {n} is not valid JSON ({e.msg})") from e
-            if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):
-                raise ValueError(f"{path}: line {n} needs string fields 'question' and 'answer'")
-            self.rows.append(row)
+        self.rows = [row for _, row in read_jsonl(self.path, _check_example)]
         if not self.rows:
             raise ValueError(f"{path} holds no training examples")
 
@@ -169,6 +159,12 @@ class JsonlSource:
         inputs = build_inputs(self.tokenizer, self.config, row["question"], images,
                               thinking=bool(row.get("thinking", False)), answer=row["answer"])
         return TrainExample(inputs.input_ids, inputs.labels, inputs.pixel_values)
+
+
+def _check_example(row: object) -> dict:
+    if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):
+        raise ValueError("needs string fields 'question' and 'answer'")
+    return row
 
 
 def corpus(families: Sequence[str], n_per_family: int = 300) -> list[str]:
