@@ -3,9 +3,9 @@
     python scripts/pixels_vs_words.py MODEL_DIR --family chart [--state CKPT/model.safetensors] [--n 100]
 
 Held-out seeds 0..n-1 of the test split for each kind, greedy. "Words" writes every image token as the word of
-what covers it (`train/data.py`, `symbolic_example`), which for shapes and charts needs a tokenizer with the
-family's own tokens (`Recipe.shape_tokens`, `Recipe.chart_tokens`); with any other tokenizer only the pixel rows
-are printed. "Perceived" is the share of labelled image tokens (a shape, a chart's bar name) whose features score
+what covers it (`train/data.py`, `symbolic_example`), which for shapes needs a tokenizer with the family's own
+tokens (`Recipe.shape_tokens`); with any other tokenizer only the pixel rows are printed. "Perceived" is the share
+of labelled image tokens (a shape, a chart's handwritten value) whose features score
 their own label's word highest under the tied output head, among the background and the family's labels: what
 perception hands the language model. The most frequent answers show whether a model reads the scene or repeats
 one answer. For digits, `scripts/digits_pixels_vs_words.py` also splits reading by line length.
@@ -32,10 +32,10 @@ from internvl35.data.tiling import to_tensor  # noqa: E402
 from internvl35.tasks.base import FAMILIES, Sample, split_seeds  # noqa: E402
 from internvl35.train.data import symbolic_fits  # noqa: E402
 from internvl35.train.vision_pretrain import (  # noqa: E402
-    CHART_LABELS, DIGIT_LABELS, LABEL_ID, SHAPE_LABELS, exact_labels, label_words, patch_labels, token_px,
+    DIGIT_LABELS, LABEL_ID, SHAPE_LABELS, exact_labels, label_words, patch_labels, token_px,
 )
 
-FAMILY_LABELS = {"digits": DIGIT_LABELS, "shapes": SHAPE_LABELS, "chart": CHART_LABELS}
+FAMILY_LABELS = {"digits": DIGIT_LABELS, "shapes": SHAPE_LABELS, "chart": DIGIT_LABELS}
 
 
 def writable(vl: InternVL, samples: list[Sample]) -> bool:

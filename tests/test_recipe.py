@@ -10,7 +10,7 @@ from internvl35.config import TextConfig, VisionConfig
 from internvl35.train.data import TaskMix
 from internvl35.train.data import corpus
 from internvl35.train.recipe import TINY, build_tokenizer, run_recipe
-from internvl35.train.vision_pretrain import CHART_TOKENS, AlignConfig, VisionPretrainConfig
+from internvl35.train.vision_pretrain import SHAPE_TOKENS, AlignConfig, VisionPretrainConfig
 
 
 def _toy_recipe():
@@ -106,8 +106,8 @@ def test_a_restarted_stage_reloads_its_saved_weights_and_refuses_foreign_ones(tm
 
 
 def test_own_tokens_come_on_top_of_the_vocabulary_and_leave_the_bpe_as_it_was():
-    plain = build_tokenizer(replace(TINY, chart_tokens=False, tokenizer_samples=20))
-    own = build_tokenizer(replace(TINY, chart_tokens=True, tokenizer_samples=20))
-    assert own.vocab_size == plain.vocab_size + len(CHART_TOKENS)
+    plain = build_tokenizer(replace(TINY, shape_tokens=False, tokenizer_samples=20))
+    own = build_tokenizer(replace(TINY, shape_tokens=True, tokenizer_samples=20))
+    assert own.vocab_size == plain.vocab_size + len(SHAPE_TOKENS)
     text = " ".join(corpus(("chart", "digits", "document"), 10))
     assert [plain.decode([t]) for t in plain.encode_text(text)] == [own.decode([t]) for t in own.encode_text(text)]

@@ -37,15 +37,30 @@ def test_a_box_between_cell_centres_labels_the_cell_holding_its_own_centre():
     np.testing.assert_array_equal(labels, expected)
 
 
-def test_each_chart_bar_name_labels_bottom_row_tokens_with_the_name_and_the_bars_value():
+def test_each_chart_value_labels_one_token_in_its_days_row_after_its_bar(monkeypatch):
     for seed in range(40):
         sample = chart.generate(seed, kind="read")
         grid = patch_labels(sample.layout, 224, 28).reshape(8, 8)
-        assert not grid[:7].any()  # only the printed names, in the bottom row of 28-px tokens
-        marked = [LABELS[i] for i in grid[7] if i]
-        assert list(dict.fromkeys(marked)) == [name for _, name in sample.layout]  # each bar, left to right
-        asked = re.search(r"the (\w+) bar", sample.question).group(1)  # "What is the value of the kiwi bar?"
-        assert chart.dense_label(asked, int(sample.answer)) in marked
+        values = [int(name.split()[1]) for _, name in sample.layout]  # Mon, Tue, ... in order
+        assert [LABELS[i] for i in grid.reshape(-1) if i] == [f"digit {v}" for v in values]  # one token each
+        for day, v in enumerate(values):
+            assert grid[day + 1, chart.value_column(v)] == LABEL_ID[f"digit {v}"]  # row 0 holds the title
+        asked = re.search(r"value for (\w+)\?", sample.question).group(1)
+        assert values[chart.DAYS.index(asked)] == int(sample.answer)
+    # Each bar ends in the cell before its value's: the bar's colour along its middle stops there.
+    sample = chart.generate(3)
+    image = np.asarray(sample.images[0])
+    for k, ((x0, y0, _, _), _) in enumerate(sample.layout):
+        line = image[y0 + 14]
+        end = int(np.flatnonzero((line == chart.BAR_COLOURS[k]).all(-1)).max())
+        assert x0 - 28 <= end < x0
+    used: list[int] = []
+    real = digits._glyph
+    monkeypatch.setattr(digits, "_glyph", lambda idx, px: used.append(idx) or real(idx, px))
+    chart.generate(TEST_SEED_START + 5)
+    assert used and min(used) >= digits.TRAIN_POOL  # test charts are written with test scans
+    chart.generate(5)
+    assert max(used[-3:]) < digits.TRAIN_POOL
 
 
 def test_digit_sheets_label_their_glyphs_and_keep_the_test_scans_apart(monkeypatch):
@@ -139,9 +154,9 @@ def test_symbolic_examples_write_each_image_token_as_the_word_of_what_covers_it(
     row = {box[1] // 28 for box, _ in sample.layout}.pop()
     assert all(w == "." for i, w in enumerate(grid) if i // 8 != row)  # background everywhere else
     # The source renders about the requested share symbolically, and only samples that have a layout.
-    src = TaskSource(tok, cfg, TaskMix(families=("digits", "chart"), symbolic_ratio=0.5))
+    src = TaskSource(tok, cfg, TaskMix(families=("digits", "gui"), symbolic_ratio=0.5))
     picks = [(src.pick(i)[0].family, src(i).pixel_values is None) for i in range(40)]
-    assert not any(symbolic for family, symbolic in picks if family == "chart")
+    assert not any(symbolic for family, symbolic in picks if family == "gui")
     assert 0 < sum(symbolic for family, symbolic in picks if family == "digits") < sum(f == "digits" for f, _ in picks)
     wide = replace(sample, images=[sample.images[0].resize((448, 224))])
     with pytest.raises(ValueError, match="one image of one 224-px tile"):
@@ -289,33 +304,21 @@ def _weights(row: torch.Tensor) -> dict[int, float]:
     return {int(i): round(float(row[i]), 6) for i in row.nonzero().flatten()}
 
 
-def test_chart_tokens_carry_a_bar_name_and_its_value_and_write_charts_as_words():
+def test_a_chart_written_as_words_reads_its_values_in_day_order():
     from dataclasses import replace
 
-    from internvl35.data.tokenizer import ChatTokenizer, train_tokenizer
-    from internvl35.train.data import TaskMix, TaskSource, corpus
-    from internvl35.train.vision_pretrain import CHART_TOKENS, exact_labels, label_mixture, own_labels
+    from internvl35.data.inputs import build_inputs
+    from internvl35.data.tokenizer import ChatTokenizer
+    from internvl35.train.data import symbolic_example
+    from internvl35.train.vision_pretrain import label_words
 
-    old = ChatTokenizer.from_dir("internvl35/assets/internvl35-tiny")  # trained before CHART_TOKENS existed
-    new = train_tokenizer(corpus(("chart",), 20), 600 + len(CHART_TOKENS), extra_special=CHART_TOKENS)
-    kiwi7, kiwi10 = LABEL_ID["chart kiwi 7"], LABEL_ID["chart kiwi 10"]
-    assert not exact_labels(old)[kiwi7] and not own_labels(old)[kiwi7]
-    assert exact_labels(new)[kiwi7] and own_labels(new)[kiwi7] and not own_labels(new)[LABEL_ID["digit 7"]]
-    # Half the name as questions write it (" kiwi", each of its tokens alike), half the value ("10": "1" and "0").
-    for label, value in ((kiwi7, "7"), (kiwi10, "10")):
-        expected: dict[int, float] = {}
-        for word in (new.encode_text(" kiwi"), new.encode_text(value)):
-            for t in word:
-                expected[t] = round(expected.get(t, 0.0) + 0.5 / len(word), 6)
-        assert _weights(label_mixture(new)[label]) == expected
-    assert not set(new.encode_text("<|chart kiwi 7|>")) & set(new.added_token_ids.values())  # never from user text
-    mix = TaskMix(families=("chart",), symbolic_ratio=1.0)
-    for tok in (old, new):
-        cfg = replace(preset("tiny-test"), image_token_id=tok.img_context_id)
-        cfg = replace(cfg, vision=replace(cfg.vision, image_size=224, patch_size=14))
-        sample, ex = TaskSource(tok, cfg, mix).pick(0)[0], TaskSource(tok, cfg, mix)(0)
-        if tok is old:  # the value word alone would lose the name: the chart stays pixels
-            assert ex.pixel_values is not None
-            continue
-        written = {new.decode([t], skip_special_tokens=False) for t in ex.input_ids} & set(CHART_TOKENS)
-        assert ex.pixel_values is None and written == {f"<|{name}|>" for _, name in sample.layout}
+    tok = ChatTokenizer.from_dir("internvl35/assets/internvl35-tiny")
+    cfg = replace(preset("tiny-test"), image_token_id=tok.img_context_id)
+    cfg = replace(cfg, vision=replace(cfg.vision, image_size=224, patch_size=14))
+    for seed in range(10):
+        sample = chart.generate(seed)
+        inputs = build_inputs(tok, cfg, sample.question, sample.images, answer=sample.answer)
+        ids = symbolic_example(inputs, sample, label_words(tok), cfg).input_ids
+        start = inputs.input_ids.index(tok.img_context_id)
+        words = [tok.decode([i]) for i in ids[start:start + 64]]
+        assert [w for w in words if w != "."] == [name.split()[1] for _, name in sample.layout]

@@ -43,6 +43,22 @@ def _glyph(index: int, px: int) -> Image.Image:
     return img.point(lambda v: 0 if v < 60 else (255 if v > 230 else (v - 60) * 3 // 2))
 
 
+@lru_cache(maxsize=2)
+def _scans_by_digit(split: str) -> dict[int, list[int]]:
+    labels = _pool()[1]
+    out: dict[int, list[int]] = {d: [] for d in range(10)}
+    for i in pool_indices(split):
+        out[int(labels[i])].append(i)
+    return out
+
+
+def glyph_of(value: int, seed: int, rng: np.random.Generator, px: int) -> Image.Image:
+    """A scan of the digit `value`, drawn from the pool of `seed`'s split (so other families that write digits by
+    hand keep the test scans out of training too), as a px x px glyph."""
+    scans = _scans_by_digit(split_of(seed))[value]
+    return _glyph(scans[int(rng.integers(len(scans)))], px)
+
+
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, x1/y1 exclusive
 
 

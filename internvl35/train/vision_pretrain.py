@@ -45,16 +45,8 @@ SCENES: dict[str, DenseScene] = {"digits": digits.dense, "shapes": shapes.dense,
 FAMILY_INDEX = {name: i for i, name in enumerate(SCENES)}
 DIGIT_LABELS = tuple(f"digit {d}" for d in range(10))
 SHAPE_LABELS = tuple(f"{c} {s}" for c in shapes.COLOURS for s in shapes.SHAPES)
-# A chart's printed bar name with the bar's value: the name is where a question's word meets its bar.
-CHART_LABELS = tuple(chart.dense_label(name, v) for name in chart.LABELS for v in range(1, chart.VMAX + 1))
-LABELS = ("background", *DIGIT_LABELS, *SHAPE_LABELS, *CHART_LABELS)
+LABELS = ("background", *DIGIT_LABELS, *SHAPE_LABELS)
 LABEL_ID = {name: i for i, name in enumerate(LABELS)}
-
-
-def labels_in_use(families: tuple[str, ...]) -> int:
-    """How many leading LABELS the scenes of `families` can carry: the chart labels, last, only with charts. Heads
-    and readouts score only these, so a run without charts trains exactly as before they existed."""
-    return len(LABELS) if "chart" in families else LABEL_ID[CHART_LABELS[0]]
 
 
 @dataclass
@@ -77,8 +69,8 @@ class VisionPretrainConfig:
 def patch_labels(boxes: list[tuple[Box, str]], size: int, patch: int) -> np.ndarray:
     """(g*g,) label ids, row-major: a cell of `patch` px takes the label of the box containing its centre.
 
-    A box too small to contain any cell's centre (a chart's printed bar name) labels the cell containing its own
-    centre instead, so that every labelled thing reaches at least one token.
+    A box too small to contain any cell's centre labels the cell containing its own centre instead, so that every
+    labelled thing reaches at least one token.
     """
     g = size // patch
     centres = (np.arange(g) + 0.5) * patch
@@ -165,7 +157,7 @@ def pretrain_vision(vit: InternViT, cfg: VisionPretrainConfig, downsample_ratio:
     downsample_ratio: the model's pixel shuffle, so the head labels exactly the tokens the LLM gets.
     """
     weight = next(vit.parameters())
-    head = nn.Linear(_token_dim(vit, downsample_ratio), labels_in_use(cfg.families)).to(weight.device, weight.dtype)
+    head = nn.Linear(_token_dim(vit, downsample_ratio), len(LABELS)).to(weight.device, weight.dtype)
 
     def token_logits(pixels: Tensor) -> Tensor:
         return head(pixel_shuffle(vit(pixels.to(weight.device, weight.dtype)), downsample_ratio))
@@ -212,16 +204,15 @@ class AlignConfig(VisionPretrainConfig):
 
 
 def own_token(name: str) -> str:
-    """The added token naming a whole label: "<|red circle|>" for "red circle", "<|chart kiwi 7|>"."""
+    """The added token naming a whole label: "<|red circle|>" for "red circle"."""
     return f"<|{name}|>"
 
 
 # A model's own words for labels that no one word names, one added token each. A colour + shape: one token then
-# names both, where the colour word alone would erase the shape. A chart's bar name + value: the token is found by
-# the name and answers with the value. Tokenizers trained with them (`train_tokenizer(..., extra_special=...)`)
-# read such image tokens as these; others fall back to one word of the label, which is then not anchored.
+# names both, where the colour word alone would erase the shape. Tokenizers trained with them
+# (`train_tokenizer(..., extra_special=...)`) read such image tokens as these; others fall back to one word of the
+# label, which is then not anchored.
 SHAPE_TOKENS = tuple(own_token(name) for name in SHAPE_LABELS)
-CHART_TOKENS = tuple(own_token(name) for name in CHART_LABELS)
 
 
 def _label_word(tokenizer: ChatTokenizer, name: str) -> tuple[int, bool]:
@@ -233,8 +224,6 @@ def _label_word(tokenizer: ChatTokenizer, name: str) -> tuple[int, bool]:
     added = tokenizer.added_token_ids
     if own_token(name) in added:
         return added[own_token(name)], True
-    if name.startswith("chart"):  # its value's first token
-        return tokenizer.encode_text(name.split()[-1])[0], False
     return tokenizer.encode_text(name.split()[0])[0], False  # a shape's colour
 
 
@@ -243,9 +232,6 @@ def _label_parts(tokenizer: ChatTokenizer, name: str) -> list[list[int]]:
     word, exact = _label_word(tokenizer, name)
     if not exact or name == "background" or name.startswith("digit"):
         return [[word]]
-    if name.startswith("chart"):  # the name as questions write it (" kiwi"), then the value ("7", "1" "0")
-        _, bar, value = name.split()
-        return [tokenizer.encode_text(" " + bar), tokenizer.encode_text(value)]
     colour, shape = name.split()  # the answer's first token ("purple") and the shape as questions name it
     return [tokenizer.encode_text(colour)[:1], tokenizer.encode_text(" " + shape)[:1]]
 
@@ -254,8 +240,7 @@ def label_mixture(tokenizer: ChatTokenizer) -> Tensor:
     """(len(LABELS), vocab) weights, rows summing to 1: row @ embeddings is where stage 0b puts the label's tokens.
 
     A digit or the background: its word. A label with its own token (`own_token`), the mean of its parts: a shape's
-    colour and shape words, so the token is found by the shape and answers with the colour; a chart bar's name
-    (the mean of its tokens) and value, so it is found by the name and answers with the value. 0b writes that mean
+    colour and shape words, so the token is found by the shape and answers with the colour. 0b writes that mean
     as the own token's embedding. Without own tokens: the one word the label falls back to (not anchored).
     """
     mix = torch.zeros(len(LABELS), tokenizer.vocab_size)
@@ -274,8 +259,8 @@ def own_labels(tokenizer: ChatTokenizer) -> Tensor:
 
 
 def label_words(tokenizer: ChatTokenizer) -> Tensor:
-    """The word token each label reads as: "7" for "digit 7", "." for background, "<|red circle|>" for "red circle"
-    and "<|chart kiwi 7|>" for "chart kiwi 7" (or, with a tokenizer without own tokens, "red" and "7")."""
+    """The word token each label reads as: "7" for "digit 7", "." for background and "<|red circle|>" for "red
+    circle" (or, with a tokenizer without own tokens, "red")."""
     return torch.tensor([_label_word(tokenizer, name)[0] for name in LABELS])
 
 
@@ -324,13 +309,12 @@ def align_projector(model: InternVLModel, tokenizer: ChatTokenizer, cfg: AlignCo
     words, exact, own = (t.to(head_weight.device) for t in (label_words(tokenizer), exact_labels(tokenizer),
                                                         own_labels(tokenizer)))
     mixture = label_mixture(tokenizer).to(head_weight.device, head_weight.dtype)
-    used = labels_in_use(cfg.families)
     tokens = projected_tokens(model)
 
     def targets() -> Tensor:
-        """(labels in use, D): each label's target, the mean of its parts' embeddings (a word's own embedding for
+        """(labels, D): each label's target, the mean of its parts' embeddings (a word's own embedding for
         digits and the background)."""
-        return mixture[:used] @ lm.output_weight
+        return mixture @ lm.output_weight
 
     def token_loss(pixels: Tensor, labels: Tensor) -> Tensor:
         x, table = tokens(pixels), targets()
@@ -349,4 +333,4 @@ def align_projector(model: InternVLModel, tokenizer: ChatTokenizer, cfg: AlignCo
     with torch.no_grad():  # an own token's embedding becomes the mean its image tokens were held at
         lm.output_weight[words[own]] = mixture[own] @ lm.output_weight
     return {"loss": loss, "seconds": time.perf_counter() - t0,
-            **evaluate_dense(aligned_token_logits(model, words[:used]), cfg.families, size, cell)}
+            **evaluate_dense(aligned_token_logits(model, words), cfg.families, size, cell)}
