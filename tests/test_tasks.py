@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from internvl35.tasks import answers, base, digits, embodied
+from internvl35.tasks import answers, base, digits, document, embodied
 from internvl35.tasks.answers import score
 from internvl35.tasks.base import (
     FAMILIES,
@@ -153,10 +153,12 @@ def test_embodied_bfs_counts_steps_around_walls():
     assert score(s.target, "down") == 0.0
 
 
-def test_document_text_is_too_small_for_the_thumbnail():
+def test_document_numbers_fill_whole_tokens_only_in_the_tiles():
     s = FAMILIES["document"].generate(0)
-    w, h = s.images[0].size
-    assert (w, h) == (672, 448) and w // 56 <= 12  # ~4 px once squeezed to a 224 thumbnail
+    assert s.images[0].size == (448, 448)  # 2 x 2 tiles of 224 px and a thumbnail at half the scale
+    assert len(s.layout) == sum(n for _, _, n in document.FIELDS.values())
+    for (x0, y0, x1, y1), name in s.layout:  # a 28-px lattice cell each: one token in a tile, a quarter in the thumbnail
+        assert (x1 - x0, y1 - y0) == (28, 28) and x0 % 28 == 0 and y0 % 28 == 0 and name.startswith("digit")
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)

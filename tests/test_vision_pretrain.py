@@ -158,8 +158,8 @@ def test_symbolic_examples_write_each_image_token_as_the_word_of_what_covers_it(
     picks = [(src.pick(i)[0].family, src(i).pixel_values is None) for i in range(40)]
     assert not any(symbolic for family, symbolic in picks if family == "gui")
     assert 0 < sum(symbolic for family, symbolic in picks if family == "digits") < sum(f == "digits" for f, _ in picks)
-    wide = replace(sample, images=[sample.images[0].resize((448, 224))])
-    with pytest.raises(ValueError, match="one image of one 224-px tile"):
+    wide = replace(sample, images=[sample.images[0].resize((300, 224))])  # one tile, resized: cells would blur
+    with pytest.raises(ValueError, match="one image cut into whole 224-px tiles"):
         symbolic_example(build_inputs(tok, cfg, wide.question, wide.images), wide, label_words(tok), cfg)
 
 
@@ -322,3 +322,29 @@ def test_a_chart_written_as_words_reads_its_values_in_day_order():
         start = inputs.input_ids.index(tok.img_context_id)
         words = [tok.decode([i]) for i in ids[start:start + 64]]
         assert [w for w in words if w != "."] == [name.split()[1] for _, name in sample.layout]
+
+
+def test_a_document_page_written_as_words_puts_each_field_in_its_tile_and_nothing_in_the_thumbnail():
+    from dataclasses import replace
+
+    from internvl35.data.inputs import build_inputs
+    from internvl35.data.tokenizer import ChatTokenizer
+    from internvl35.tasks import document
+    from internvl35.train.data import symbolic_example
+    from internvl35.train.vision_pretrain import label_words
+
+    tok = ChatTokenizer.from_dir("internvl35/assets/internvl35-tiny")
+    cfg = replace(preset("tiny-test"), image_token_id=tok.img_context_id, max_dynamic_patch=6)
+    cfg = replace(cfg, vision=replace(cfg.vision, image_size=224, patch_size=14))
+    for seed in range(6):
+        sample = document.generate(seed)
+        inputs = build_inputs(tok, cfg, sample.question, sample.images, answer=sample.answer)
+        assert inputs.tiles_per_image == [5]  # 2 x 2 tiles and the thumbnail
+        ids = symbolic_example(inputs, sample, label_words(tok), cfg).input_ids
+        start = inputs.input_ids.index(tok.img_context_id)
+        tiles = ["".join(w for w in (tok.decode([i]) for i in ids[start + 64 * t:start + 64 * (t + 1)]) if w != ".")
+                 for t in range(5)]
+        for kind, ((col, row), _, n_digits) in document.FIELDS.items():  # tiles come row-major
+            assert len(tiles[2 * row + col]) == n_digits
+        (col, row), _, _ = document.FIELDS[sample.kind]
+        assert tiles[2 * row + col] == sample.answer and tiles[4] == ""  # the thumbnail says nothing

@@ -1,8 +1,15 @@
-"""Documents: a large, mostly empty invoice page with a few small fields to find and read.
+"""Documents: a large, mostly empty invoice form with four numbers written in by hand, one in each quarter.
 
-The text is small on purpose: about width/56 px tall (12 px on the default 672 x 448 page),
-so in the single 224 px thumbnail it shrinks to ~4 px and only the high-resolution tiles
-(224 px tiles: 3 x 2 for this page) make it legible. For 448 px tiles use (1344, 896).
+The page is 448 x 448 px: the model sees it as 2 x 2 tiles of 224 px plus a 224-px thumbnail. Each number is
+written on the digits family's lattice (28-px cells, one handwritten scan a cell, test scans for test seeds), so in
+a tile each digit is one image token, as on a digits canvas; in the thumbnail the page shrinks by half and four
+digits share a token, so only the high-resolution tiles make them legible (the ViR test bed). The printed text
+(title, company, field labels) is small, 11-12 px.
+
+Why this layout (docs/results.md, E48-E49): the earlier invoice, 12-px printed fields at random places, needed the
+model to read print three characters to an image token and to find a field by its printed label, neither of which
+the bundled model learned. Here each field has its quarter (the invoice number top left, the date top right, the
+account bottom left, the total bottom right), as forms do, so the question says which tile to read.
 """
 
 from __future__ import annotations
@@ -10,93 +17,82 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
+from internvl35.tasks import digits
 from internvl35.tasks.base import Family, Sample, font, pick_kind, rng_for
 
 NAME = "document"
 KINDS = ("invoice", "date", "total", "account")
-COLS, ROWS = 3, 6  # field lattice; row 0 holds the title
+SIZE = 448
+CELLS = digits.CELLS  # cells per tile side
 COMPANIES = ("Northwind Ltd", "Acme Parts", "Blue Fjord AS", "Kestrel & Co", "Orbit Foods")
-_LETTERS = "ABCDEFGHJKLMNPQRSTUVWXYZ"  # no I/O: they read as 1/0 in a small font
-
-
-def _fields(rng: np.random.Generator) -> dict[str, tuple[str, str]]:
-    """kind -> (printed label, value) for the asked fields, plus distractors (no kind)."""
-    r = lambda lo, hi: int(rng.integers(lo, hi))  # noqa: E731
-    letters = "".join(_LETTERS[r(0, len(_LETTERS))] for _ in range(2))
-    return {
-        "invoice": ("Invoice No:", f"INV-{r(1000, 10000)}"),
-        "date": ("Date:", f"20{r(18, 30)}-{r(1, 13):02d}-{r(1, 29):02d}"),
-        "total": ("Total:", f"{r(10, 10000)}.{r(0, 100):02d}"),
-        "account": ("Account:", f"{letters}-{r(1000, 10000)}"),
-        "_ref": ("Ref:", str(r(100, 1000))),
-        "_phone": ("Phone:", f"555-{r(1000, 10000)}"),
-    }
-
-
-def _where(col: int, row: int) -> str:
-    vert = "top" if row <= 2 else ("middle" if row <= 4 else "bottom")
-    return f"{vert} {('left', 'centre', 'right')[col]}"
-
-
-def _draw(rng: np.random.Generator, fields: dict, size: tuple[int, int], fs: int):
-    """Title in row 0, one field per random lattice cell below it; returns (image, cells).
-
-    1. the page is a COLS x ROWS lattice of cells (672 x 448: 224 x 74 px cells);
-    2. each field takes a distinct cell of rows 1..ROWS-1 and a random x inside it so the
-       line fits (text is ~9 px per character at fs = 12, so ~140 px per line);
-    3. thin rules under the title and above the last row suggest an invoice layout.
-    """
-    w, h = size
-    cw, ch = w // COLS, h // ROWS
-    img = Image.new("RGB", size, (255, 255, 255))
-    d = ImageDraw.Draw(img)
-    f = font(fs)
-    d.text((int(rng.integers(fs, cw)), ch // 3), "INVOICE", fill=(0, 0, 0), font=font(2 * fs))
-    company = COMPANIES[int(rng.integers(len(COMPANIES)))]
-    d.text((w - cw, ch // 3), company, fill=(60, 60, 60), font=f)
-    d.line([(fs, ch - 4), (w - fs, ch - 4)], fill=(180, 180, 180))
-    d.line([(fs, (ROWS - 1) * ch - 4), (w - fs, (ROWS - 1) * ch - 4)], fill=(220, 220, 220))
-    cells = {}
-    picks = rng.choice(COLS * (ROWS - 1), size=len(fields), replace=False)
-    for (kind, (label, value)), c in zip(fields.items(), picks):
-        row, col = divmod(int(c), COLS)
-        row += 1
-        line = f"{label} {value}"
-        tw = int(d.textlength(line, font=f))
-        x = col * cw + int(rng.integers(fs // 2, max(fs // 2 + 1, cw - tw - fs // 2)))
-        y = row * ch + int(rng.integers(0, max(1, ch - 2 * fs)))
-        d.text((x, y), line, fill=(0, 0, 0), font=f)
-        cells[kind] = (col, row)
-    return img, cells
-
-
-QUESTIONS = {
-    "invoice": "What is the invoice number? Answer with the text exactly as printed.",
-    "date": "What is the invoice date? Answer in the format YYYY-MM-DD.",
-    "total": "What is the total amount? Answer with a number.",
-    "account": "What is the account code? Answer with the code exactly as printed.",
+# kind -> (its quarter (col, row) of the page, its printed label, its number of digits)
+FIELDS = {
+    "invoice": ((0, 0), "Invoice No", 4),
+    "date": ((1, 0), "Day", 2),
+    "account": ((0, 1), "Account", 4),
+    "total": ((1, 1), "Total", 3),
 }
+QUESTIONS = {
+    "invoice": "What is the invoice number? Answer with the digits only.",
+    "date": "On which day of the month is the invoice dated? Answer with a number.",
+    "total": "What is the total amount? Answer with a number.",
+    "account": "What is the account number? Answer with the digits only.",
+}
+WHERE = {(0, 0): "top left", (1, 0): "top right", (0, 1): "bottom left", (1, 1): "bottom right"}
+
+Box = tuple[int, int, int, int]
 
 
-def generate(
-    seed: int, kind: str | None = None, size: tuple[int, int] = (672, 448), font_size: int | None = None
-) -> Sample:
-    """font_size None: width / 56, which keeps the text legible only in the tiles."""
+def _number(rng: np.random.Generator, kind: str) -> str:
+    """No leading zero; a date's day is 10..28, a day every month has."""
+    if kind == "date":
+        return str(int(rng.integers(10, 29)))
+    return str(int(rng.integers(1, 10))) + "".join(str(int(d)) for d in rng.integers(0, 10, size=FIELDS[kind][2] - 1))
+
+
+def _draw(numbers: dict[str, str], seed: int, rng: np.random.Generator,
+          size: int) -> tuple[Image.Image, list[tuple[Box, str]]]:
+    """The page and its layout: each written digit's cell, labelled "digit d" (all else is background).
+
+    1. the page is two tiles a side, each a CELLS x CELLS lattice (28-px cells at 448 px);
+    2. the title and the company are printed in the top row of the top tiles, with a rule under them;
+    3. each field takes its quarter: a random row 1..CELLS-2 of that tile, its label printed right-aligned in the
+       cells before the number, the number's digits in consecutive cells from a random column that leaves room for
+       the label (about 3 cells) and the digits.
+    """
+    cell = size // (2 * CELLS)
+    img = Image.new("RGB", (size, size), (255, 255, 255))
+    d = ImageDraw.Draw(img)
+    small = font(max(6, round(cell * 0.42)))
+    d.text((cell // 3, cell // 2), "INVOICE", fill=(0, 0, 0), font=font(max(6, round(cell * 0.55))), anchor="lm")
+    company = COMPANIES[int(rng.integers(len(COMPANIES)))]
+    d.text((size - cell // 3, cell // 2), company, fill=(60, 60, 60), font=small, anchor="rm")
+    d.line([(cell // 3, cell - 2), (size - cell // 3, cell - 2)], fill=(180, 180, 180))
+    layout = []
+    for kind, number in numbers.items():
+        (qc, qr), label, _ = FIELDS[kind]
+        row = qr * CELLS + int(rng.integers(1, CELLS - 1))
+        first = qc * CELLS + int(rng.integers(3, CELLS - len(number) + 1))
+        y = row * cell
+        d.text((first * cell - cell // 6, y + cell // 2), label + ":", fill=(0, 0, 0), font=small, anchor="rm")
+        for k, ch in enumerate(number):
+            x = (first + k) * cell
+            img.paste(digits.glyph_of(int(ch), seed, rng, cell).convert("RGB"), (x, y))
+            layout.append(((x, y, x + cell, y + cell), f"digit {ch}"))
+    return img, layout
+
+
+def generate(seed: int, kind: str | None = None, size: int = SIZE) -> Sample:
+    """size: the page's side, two tiles of the model's tile size (448 for 224-px tiles, 896 for 448)."""
     rng = rng_for(NAME, seed)
     kind = pick_kind(rng, KINDS, kind)
-    fs = font_size or max(6, round(size[0] / 56))
-    fields = _fields(rng)
-    img, cells = _draw(rng, fields, size, fs)
-    label, value = fields[kind]
-    why = (
-        f"The line '{label} {value}' is in the {_where(*cells[kind])} part of the page. "
-        f"So the answer is {value}."
-    )
-    # Totals compare as numbers so "48.2" matches "48.20"; codes and dates compare as text.
-    target = {"type": "text", "value": value}
-    if kind == "total":
-        target = {"type": "number", "value": float(value)}
-    return Sample(NAME, kind, [img], QUESTIONS[kind], value, why, target)
+    numbers = {k: _number(rng, k) for k in FIELDS}
+    img, layout = _draw(numbers, seed, rng, size)
+    value = numbers[kind]
+    where = WHERE[FIELDS[kind][0]]
+    why = f"The {FIELDS[kind][1].lower()} field is in the {where} quarter of the page; it reads {value}."
+    target = {"type": "number", "value": int(value)} if kind in ("date", "total") else {"type": "digits", "value": value}
+    return Sample(NAME, kind, [img], QUESTIONS[kind], value, why, target, layout)
 
 
 FAMILY = Family(NAME, KINDS, generate)

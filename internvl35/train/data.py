@@ -19,7 +19,7 @@ from internvl35.data.chat import IGNORE_INDEX
 from internvl35.data.image import load_image
 from internvl35.data.inputs import ModelInputs, build_inputs
 from internvl35.data.jsonl import read_jsonl
-from internvl35.data.tiling import jpeg_augment
+from internvl35.data.tiling import choose_grid, jpeg_augment
 from internvl35.data.tokenizer import ChatTokenizer
 from internvl35.tasks.base import FAMILIES, Sample, render_target, split_seeds
 from internvl35.train.packing import TrainExample
@@ -105,25 +105,54 @@ class TaskSource:
                             layout_words(inputs, sample, self._words, self.config) if anchored else None)
 
 
+def _tile_grid(sample: Sample, config: InternVLConfig) -> tuple[int, int] | None:
+    """The sample's (cols, rows) of tiles when it can be written symbolically, else None: a layout, one image, and
+    the tiler cuts that image into whole tiles without resizing it, so each token covers the pixels its layout
+    cell names (a 224-px digits canvas: 1 x 1; a 448-px document page: 2 x 2, then a thumbnail)."""
+    if sample.layout is None or len(sample.images) != 1 or not config.dynamic_image_size:
+        return None
+    (width, height), tile = sample.images[0].size, config.vision.image_size
+    cols, rows = choose_grid(width, height, tile, config.min_dynamic_patch, config.max_dynamic_patch)
+    return (cols, rows) if (cols * tile, rows * tile) == (width, height) else None
+
+
 def symbolic_fits(sample: Sample, config: InternVLConfig) -> bool:
-    """Whether the sample can be written symbolically: a layout, and one image exactly one tile in size."""
-    size = config.vision.image_size
-    return sample.layout is not None and len(sample.images) == 1 and sample.images[0].size == (size, size)
+    """Whether the sample can be written symbolically (`_tile_grid`)."""
+    return _tile_grid(sample, config) is not None
+
+
+def token_labels(sample: Sample, config: InternVLConfig) -> np.ndarray:
+    """Label ids (`vision_pretrain.LABELS`) of the sample's image tokens in the order the model gets them: each tile's
+    cells row-major, tiles row-major, then the thumbnail's cells, all background: at half the scale or less a
+    thumbnail token holds parts of several things, and no one word names it. The sample must fit (`symbolic_fits`)."""
+    grid = _tile_grid(sample, config)
+    if grid is None:
+        raise ValueError("a symbolic rendering needs a layout and one image cut into whole "
+                         f"{config.vision.image_size}-px tiles")
+    (cols, rows), tile = grid, config.vision.image_size
+    cell = token_px(config.vision.patch_size, config.downsample_ratio)
+    parts = []
+    for r in range(rows):
+        for c in range(cols):
+            x0, y0 = c * tile, r * tile
+            inside = [((bx0 - x0, by0 - y0, bx1 - x0, by1 - y0), name) for (bx0, by0, bx1, by1), name in sample.layout
+                      if x0 <= (bx0 + bx1) / 2 < x0 + tile and y0 <= (by0 + by1) / 2 < y0 + tile]
+            parts.append(patch_labels(inside, tile, cell))
+    if cols * rows > 1 and config.use_thumbnail:
+        parts.append(np.zeros((tile // cell) ** 2, dtype=np.int64))
+    return np.concatenate(parts)
 
 
 def layout_words(inputs: ModelInputs, sample: Sample, words: Tensor, config: InternVLConfig) -> list[int]:
     """Aligned with inputs.input_ids: at each image token the word of what covers it ("7" for a 7, "." for
     background), IGNORE_INDEX elsewhere. The words are the ones stage 0b aligns the image tokens with; the sample
     must fit (`symbolic_fits`)."""
-    if not symbolic_fits(sample, config) or inputs.tiles_per_image != [1]:
-        raise ValueError(f"a symbolic rendering needs a layout and one image of one {config.vision.image_size}-px tile")
-    grid = patch_labels(sample.layout, config.vision.image_size,
-                        token_px(config.vision.patch_size, config.downsample_ratio))
+    labels = token_labels(sample, config)
     slots = [i for i, t in enumerate(inputs.input_ids) if t == config.image_token_id]
-    if len(slots) != grid.size:
-        raise ValueError(f"{len(slots)} image tokens but a {grid.size}-cell layout")
+    if len(slots) != labels.size:
+        raise ValueError(f"{len(slots)} image tokens but a {labels.size}-token layout")
     out = [IGNORE_INDEX] * len(inputs.input_ids)
-    for i, label in zip(slots, grid):
+    for i, label in zip(slots, labels):
         out[i] = int(words[label])
     return out
 

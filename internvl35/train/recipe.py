@@ -94,9 +94,11 @@ TINY = Recipe(
     # The anchor loss holds the digit scenes' image tokens at their words' embeddings while mlp1 trains (E34-E36).
     # Reading weighs 8 within digits: with the anchor, what stage 1 teaches from words carries over to pixels, and
     # reading then rises with its share (first 1000 test lines: 87.5% at 2, 90.7% at 4, 91.0% at 8; E36-E38).
-    # Charts write their values in the digits' hand, so they are anchored and written as words like digit scenes.
+    # Charts and documents write their numbers in the digits' hand, so they are anchored and written as words like
+    # digit scenes.
     mix=TaskMix(weights=(4, 1, 1.5, 1, 1, 1), thinking_ratio=0.25, symbolic_ratio=0.5,
-                anchor_families=("digits", "chart"), kind_weights=(("digits/read", 8.0),), kind_options=LONG_LINES),
+                anchor_families=("digits", "chart", "document"), kind_weights=(("digits/read", 8.0),),
+                kind_options=LONG_LINES),
     sft=dict(steps=450, examples_per_step=24, lr=1e-3, warmup_ratio=0.03, min_lr_ratio=0.05, pack_tokens=1536,
              rows_per_micro=4, save_every=100, freeze=("vit",), anchor_weight=1.0),
     vision_pretrain=VisionPretrainConfig(steps=450, batch_size=32, lr=1e-3,
@@ -110,12 +112,13 @@ TINY = Recipe(
     # 0.2 s each) learn the reading lookup faster than fewer large ones. The word embeddings stay where stage 0b
     # put them, next to the image tokens, so that the bridge can hand the skill over to pixels (docs/results.md).
     # 3300 steps, not 2700: how fast the lookup forms depends on where stage 0b left the embeddings; after E27's
-    # stage 0, 2700 steps read 94.7% of held-out lines from words and 3300 read 100% (E28). Charts (a seventh of the
-    # examples, reading a day's value weighted 2) learn there which row a day is, from words (E48); 500 more steps
-    # keep the digit examples as many as before.
-    warmup=(TaskMix(families=("digits", "chart"), weights=(6, 1), thinking_ratio=0.25, symbolic_ratio=1.0,
-                    kind_weights=(("digits/read", 24.0), ("chart/read", 2.0)), kind_options=LONG_LINES),
-            dict(steps=3800, examples_per_step=8, lr=1.5e-3, warmup_ratio=0.03, min_lr_ratio=0.05, pack_tokens=1536,
+    # stage 0, 2700 steps read 94.7% of held-out lines from words and 3300 read 100% (E28). Charts and documents (an
+    # eighth of the examples each) learn there, from words, which row is a day and which tile is a field (E48, E49);
+    # 1000 more steps keep the digit examples about as many as before.
+    warmup=(TaskMix(families=("digits", "chart", "document"), weights=(6, 1, 1), thinking_ratio=0.25,
+                    symbolic_ratio=1.0, kind_weights=(("digits/read", 24.0), ("chart/read", 2.0)),
+                    kind_options=LONG_LINES),
+            dict(steps=4300, examples_per_step=8, lr=1.5e-3, warmup_ratio=0.03, min_lr_ratio=0.05, pack_tokens=1536,
                  rows_per_micro=4, save_every=300, freeze=("vit", "mlp", "embed"))),
     # Pixels with the language model frozen: mlp1 and the ViT learn to feed the reading circuit. From words-read 99%,
     # 100 reading steps read 81% of held-out lines from pixels (E21), where training the whole model took 150 steps
