@@ -1,15 +1,18 @@
 """Can the shipped language model learn a chart's name -> value lookup from words, when name and value sit side by
-side? (docs/results.md, E47.)
+side? (docs/results.md, E47.) Or a lookup by place, the days of a week in calendar order, one row each? (E48.)
 
 A chart is written directly as its 8 x 8 grid of image-token words, as a horizontal bar chart would be perceived:
 each bar a row, "." everywhere but the token where the bar ends (its value's digit word, "7") and the token right
 after it (the bar's name, " kiwi"; only names that are one BPE token). `--layout fused` instead writes one token
-per bar at the name's place, the mean of the name's and the value's embeddings (E46's own-token design). The
+per bar at the name's place, the mean of the name's and the value's embeddings (E46's own-token design).
+`--layout rows` (E48, the design `tasks/chart.py` then took) names the bars Mon, Tue, ... in order, bar k in row k,
+and writes only the value where the bar ends: "the value for Wed" is the digit in the third row. The
 language model trains alone (embeddings frozen) on chart questions in the chat format; accuracy is the exact
 answer, teacher-forced, on 150 held-out charts a kind. Chance for "read" is about one bar in 3-5 (~27%): a model
 that answers any digit it sees scores that.
 
     python scripts/chart_lookup_words.py --steps 600 --lr 3e-3 --kinds read
+    python scripts/chart_lookup_words.py --layout rows --steps 300 --kinds read
 """
 
 from __future__ import annotations
@@ -40,7 +43,11 @@ class Charts:
         self.config, self.layout, self.tokenizer = model.config, layout, tokenizer
         self.emb = model.language_model.model.embed_tokens.weight.detach().clone()
         word = lambda text: tokenizer.encode_text(text)  # noqa: E731
-        self.names = [n for n in ("tea", "jam", "egg", "bun", "yam", "pea", "kiwi", "lime") if len(word(" " + n)) == 1]
+        if layout == "rows":
+            self.names = ["Mon", "Tue", "Wed", "Thu", "Fri"]  # never written into the grid
+        else:
+            self.names = [n for n in ("tea", "jam", "egg", "bun", "yam", "pea", "kiwi", "lime")
+                          if len(word(" " + n)) == 1]
         self.name_id = {n: word(" " + n)[0] for n in self.names}
         self.digit_id = {v: word(str(v))[0] for v in range(10)}
         self.dot = word(".")[0]
@@ -52,7 +59,9 @@ class Charts:
         for r, name, v in zip(rows, names, values):
             end = 1 + (v - 1) // 2
             value, label = self.emb[self.digit_id[v]], self.emb[self.name_id[name]]
-            if self.layout == "adjacent":
+            if self.layout == "rows":
+                grid[r, end] = value
+            elif self.layout == "adjacent":
                 grid[r, end], grid[r, end + 1] = value, label
             else:
                 grid[r, end + 1] = (value + label) / 2
@@ -60,13 +69,17 @@ class Charts:
 
     def sample(self, rng: np.random.Generator, kind: str):
         n = int(rng.integers(3, 6))
-        names = [str(x) for x in rng.choice(self.names, n, replace=False)]
+        rows_layout = self.layout == "rows"  # the first n days, in order, in rows 1..n
+        names = self.names[:n] if rows_layout else [str(x) for x in rng.choice(self.names, n, replace=False)]
         values = [int(v) + 1 for v in rng.choice(9, n, replace=False)]
-        rows = sorted(int(r) for r in rng.choice(np.arange(1, 7), n, replace=False))
+        rows = list(range(1, n + 1)) if rows_layout else sorted(int(r) for r in rng.choice(np.arange(1, 7), n,
+                                                                                            replace=False))
         i, j = rng.choice(n, 2, replace=False)
         a, b, va, vb = names[i], names[j], values[i], values[j]
         if kind == "read":
-            q, answer = f"What is the value of the {a} bar? Answer with a number.", str(va)
+            q = (f"What is the value for {a}? Answer with a number." if self.layout == "rows" else
+                 f"What is the value of the {a} bar? Answer with a number.")
+            answer = str(va)
         elif kind == "compare":
             q = (f"Which bar is larger?\nA. {a}\nB. {b}\n"
                  "Answer with the option's letter from the given choices directly.")
@@ -106,7 +119,7 @@ def accuracy(model, charts: Charts, kinds: tuple[str, ...], n: int = 150) -> dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layout", choices=("adjacent", "fused"), default="adjacent")
+    parser.add_argument("--layout", choices=("adjacent", "fused", "rows"), default="adjacent")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch", type=int, default=24)
