@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from family_from_words import language_layers, train_layers  # noqa: E402
 
 from internvl35.checkpoint import load_model  # noqa: E402
 from internvl35.data.inputs import build_inputs  # noqa: E402
@@ -133,31 +135,17 @@ def main() -> None:
     kinds = tuple(args.kinds.split(","))
     model = load_model(args.model, dtype=torch.float32)
     charts = Charts(model, ChatTokenizer.from_dir(args.model), args.layout)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params = [p for name, p in model.language_model.named_parameters() if "embed" not in name]
+    params = language_layers(model)
     if args.reinit:  # as `init_weights` does: N(0, 0.02) matrices, unit norms
         with torch.no_grad():
             for p in params:
                 p.fill_(1.0) if p.dim() == 1 else p.normal_(0.0, 0.02)
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     print(f"{args.layout}, names {charts.names}; before: {accuracy(model, charts, kinds)}", flush=True)
-    rng, started = np.random.default_rng(1), time.perf_counter()
-    for step in range(args.steps):
-        for group in opt.param_groups:  # 20 warm-up steps, then cosine to 0
-            group["lr"] = args.lr * min(1.0, (step + 1) / 20) * 0.5 * (1 + np.cos(np.pi * step / args.steps))
-        logits, labels = forward(model, [charts.sample(rng, kinds[int(rng.integers(len(kinds)))])
-                                         for _ in range(args.batch)])
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad()
-        if (step + 1) % 100 == 0:
-            print(f"step {step + 1} loss {loss.item():.3f} {time.perf_counter() - started:.0f} s "
-                  f"{accuracy(model, charts, kinds)}", flush=True)
+    rng = np.random.default_rng(1)
+    train_layers(params, lambda step: forward(model, [charts.sample(rng, kinds[int(rng.integers(len(kinds)))])
+                                                      for _ in range(args.batch)]),
+                 args.steps, args.lr, 100, lambda step, loss, seconds: print(
+                     f"step {step} loss {loss:.3f} {seconds:.0f} s {accuracy(model, charts, kinds)}", flush=True))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -54,10 +55,42 @@ def forward(model, batch: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
 def accuracy(model, test: list[Example], kinds: tuple[str, ...]) -> dict[str, float]:
     out = {}
     for kind in kinds:
-        logits, labels = forward(model, [ex for ex in test if ex[2] == kind])
+        of_kind = [ex for ex in test if ex[2] == kind]
+        if not of_kind:
+            continue
+        logits, labels = forward(model, of_kind)
         right = (logits[:, :-1].argmax(-1) == labels[:, 1:]) | (labels[:, 1:] == -100)
         out[kind] = round(float(right.all(-1).float().mean()), 3)
     return out
+
+
+def language_layers(model) -> list[torch.nn.Parameter]:
+    """Freeze the model; return the language model's layers (not its embeddings), made trainable."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = [p for name, p in model.language_model.named_parameters() if "embed" not in name]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def train_layers(params: list[torch.nn.Parameter], step_logits: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+                 steps: int, lr: float, every: int, report: Callable[[int, float, float], None]) -> None:
+    """AdamW (no weight decay), 20 warm-up steps then cosine to 0, gradients clipped at 1; `step_logits(step)` gives
+    that step's (logits, labels); `report(step, loss, seconds)` every `every` steps."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    started = time.perf_counter()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / 20) * 0.5 * (1 + np.cos(np.pi * step / steps))
+        logits, labels = step_logits(step)
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad()
+        if (step + 1) % every == 0:
+            report(step + 1, loss.item(), time.perf_counter() - started)
 
 
 def main() -> None:
@@ -76,26 +109,12 @@ def main() -> None:
     words = label_words(tokenizer)
     make = lambda seed: words_example(model, tokenizer, words, args.family, seed)  # noqa: E731
     test, kinds = [make(s) for s in split_seeds("test", args.n_test)], FAMILIES[args.family].kinds
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params = [p for name, p in model.language_model.named_parameters() if "embed" not in name]
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    params = language_layers(model)
     print(f"{args.family} from words; before: {accuracy(model, test, kinds)}", flush=True)
-    started = time.perf_counter()
-    for step in range(args.steps):
-        for group in opt.param_groups:
-            group["lr"] = args.lr * min(1.0, (step + 1) / 20) * 0.5 * (1 + np.cos(np.pi * step / args.steps))
-        logits, labels = forward(model, [make(s) for s in range(step * args.batch, (step + 1) * args.batch)])
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad()
-        if (step + 1) % 50 == 0:
-            print(f"step {step + 1} loss {loss.item():.3f} {time.perf_counter() - started:.0f} s "
-                  f"{accuracy(model, test, kinds)}", flush=True)
+    train_layers(params, lambda step: forward(model, [make(s) for s in range(step * args.batch,
+                                                                            (step + 1) * args.batch)]),
+                 args.steps, args.lr, 50, lambda step, loss, seconds: print(
+                     f"step {step} loss {loss:.3f} {seconds:.0f} s {accuracy(model, test, kinds)}", flush=True))
 
 
 if __name__ == "__main__":
