@@ -6,11 +6,12 @@
         --freeze vit,mlp,embed     # another model (e.g. a run's state saved as a model directory), charts as words
 
 --weights are the relative weights of digits, shapes, chart, document, gui, embodied. Everything else is stage
-1's mix and settings (thinking 25%, half of the digit scenes as words, the anchor on the others, reading 8:1 on
-2-8-digit lines, the ViT frozen unless --freeze says otherwise); the example stream continues where the shipped model's stages stopped (39,600
+1's mix and settings (thinking 25%, half of the digit, chart and document scenes as words, the anchor on the
+others, reading 8:1 on 2-8-digit lines, the ViT frozen unless --freeze says otherwise); the example stream continues
+where the recipe's stages stopped (47,600
 examples), so no example repeats. The model is exported to OUT_DIR/final, in bf16 like the shipped one; score
 it with `internvl35 eval --model OUT_DIR/final`. Behind docs/results.md, E42-E43, which ran on the model shipped
-then (runs/e38); the shipped model is now runs/s8, trained by the same recipe, so the stream offset still holds.
+then (runs/e38); the offset is computed from the recipe, so it holds for the model the recipe now ships (run2, E50).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from internvl35.train.recipe import TINY, export_model  # noqa: E402
 from internvl35.train.sft import SFTConfig, SFTTrainer  # noqa: E402
 
 SHIPPED = Path(__file__).resolve().parents[1] / "internvl35" / "assets" / "internvl35-tiny"
-# The examples the recipe's warm-up, bridge and stage 1 consumed (39,600), so that this stage's are all new.
+# The examples the recipe's warm-up, bridge and stage 1 consumed (47,600), so that this stage's are all new.
 SHIPPED_EXAMPLES = sum(fields["steps"] * fields["examples_per_step"]
                        for fields in (TINY.warmup[1], TINY.bridge[1], TINY.sft))
 
